@@ -1,0 +1,111 @@
+"""Pure functions that turn an engine's batch description into an :class:`AttnPlan`.
+
+Nothing here reads a device tensor back to the host: every size that shapes a launch comes
+from an argument the caller already holds on the host, so the same code serves eager steps
+and CUDA-graph replays.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from .plan import AttnPlan
+
+# Below this many keys per split, splitting costs more in the merge than it gains.
+MIN_SPLIT_TOKENS = 512
+MAX_SPLITS = 64
+
+
+def cu_seqlens(lengths: torch.Tensor) -> torch.Tensor:
+    """``[B]`` lengths -> ``[B+1]`` int32 exclusive prefix sums (starting at 0)."""
+    out = torch.zeros(lengths.shape[0] + 1, dtype=torch.int32, device=lengths.device)
+    torch.cumsum(lengths, 0, out=out[1:])
+    return out
+
+
+def page_table_from_token_table(token_table: torch.Tensor, page_size: int) -> torch.Tensor:
+    """Token-granular slot table (SGLang's ``req_to_token`` rows) -> page ids.
+
+    Slots of one page are consecutive, so every ``page_size``-th column divided by the page
+    size names the page.
+    """
+    if page_size == 1:
+        return token_table.to(torch.int32)
+    return (token_table[:, ::page_size] // page_size).to(torch.int32)
+
+
+def slot_mapping_from_pages(page_table: torch.Tensor, positions: torch.Tensor,
+                            batch_index: torch.Tensor, page_size: int) -> torch.Tensor:
+    """Cache slot of each token given its sequence and position: ``page * page_size + offset``."""
+    pages = page_table[batch_index.long(), (positions // page_size).long()]
+    return pages.long() * page_size + positions % page_size
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def device_sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device; a nominal 8 elsewhere (CPU, interpreter)."""
+    if device.type != "cuda":
+        return 8
+    return _num_sms(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def choose_num_splits(batch_size: int, num_kv_heads: int, max_seqlen_q: int,
+                      max_seqlen_k: int, num_sms: int, *, deterministic: bool = False,
+                      q_rows_per_tile: int = 64) -> int:
+    """How many key splits a launch uses, from static sizes only.
+
+    Enough (batch x kv-head x query-tile) programs fill the GPU without splitting; otherwise
+    keys are split until about two waves of programs exist, never below MIN_SPLIT_TOKENS keys
+    per split. Deterministic mode never splits: each row then reduces over its keys in the
+    same fixed tiles whatever else is in the batch (bitwise-stable, slower at small batch).
+    """
+    if max_seqlen_k <= 0 or deterministic:
+        return 1
+    q_tiles = max(1, -(-max_seqlen_q // q_rows_per_tile))
+    programs = batch_size * num_kv_heads * q_tiles
+    if programs >= num_sms:
+        return 1
+    want = -(-2 * num_sms // programs)
+    by_length = max(1, max_seqlen_k // MIN_SPLIT_TOKENS)
+    return max(1, min(want, by_length, MAX_SPLITS))
+
+
+def build_plan(cu_seqlens_q: torch.Tensor, seqused_k: torch.Tensor, *, max_seqlen_q: int,
+               max_seqlen_k: int, page_table: torch.Tensor | None = None,
+               cu_seqlens_k: torch.Tensor | None = None, num_kv_heads: int = 1,
+               num_splits: int | None = None, deterministic: bool = False) -> AttnPlan:
+    """Assemble a plan; ``num_splits=None`` picks the split count from static sizes."""
+    if (page_table is None) == (cu_seqlens_k is None):
+        raise ValueError("build_plan: pass exactly one of page_table [B, max_pages] "
+                         "(paged keys) or cu_seqlens_k [B+1] (contiguous keys)")
+    batch = seqused_k.shape[0]
+    if num_splits is None or num_splits <= 0 or deterministic:
+        num_splits = choose_num_splits(batch, num_kv_heads, max_seqlen_q, max_seqlen_k,
+                                       device_sm_count(seqused_k.device),
+                                       deterministic=deterministic)
+    return AttnPlan(
+        cu_seqlens_q=cu_seqlens_q.to(torch.int32),
+        seqused_k=seqused_k.to(torch.int32),
+        max_seqlen_q=int(max_seqlen_q),
+        max_seqlen_k=int(max_seqlen_k),
+        page_table=None if page_table is None else page_table.to(torch.int32),
+        cu_seqlens_k=None if cu_seqlens_k is None else cu_seqlens_k.to(torch.int32),
+        num_splits=int(num_splits),
+        deterministic=deterministic,
+    )
+
+
+def build_decode_plan(seqused_k: torch.Tensor, page_table: torch.Tensor, *, max_seqlen_k: int,
+                      num_kv_heads: int, num_splits: int | None = None,
+                      deterministic: bool = False) -> AttnPlan:
+    """One query token per sequence against a paged cache."""
+    batch = seqused_k.shape[0]
+    cu_q = torch.arange(batch + 1, dtype=torch.int32, device=seqused_k.device)
+    return build_plan(cu_q, seqused_k, max_seqlen_q=1, max_seqlen_k=max_seqlen_k,
+                      page_table=page_table, num_kv_heads=num_kv_heads,
+                      num_splits=num_splits, deterministic=deterministic)

@@ -1,0 +1,38 @@
+"""The per-step attention plan: built once per forward step, shared by every layer."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class AttnPlan:
+    """Device-side batch description plus the host ints a launch needs.
+
+    Sequence ``b`` owns query rows ``cu_seqlens_q[b]:cu_seqlens_q[b+1]`` and ``seqused_k[b]``
+    keys (cached + new). Keys live either in a paged cache addressed through ``page_table``
+    (``[B, max_pages]``, page ids) or, when ``page_table`` is None, contiguously from row
+    ``cu_seqlens_k[b]`` of a ``[total_k, Hk, D]`` tensor.
+
+    Every tensor is int32 on the compute device. ``max_seqlen_q`` / ``max_seqlen_k`` are
+    upper bounds (a CUDA graph captures them once), and ``num_splits`` is the static number
+    of key splits the kernels launch with: none of them is read back from the device.
+    """
+
+    cu_seqlens_q: torch.Tensor
+    seqused_k: torch.Tensor
+    max_seqlen_q: int
+    max_seqlen_k: int
+    page_table: torch.Tensor | None = None
+    cu_seqlens_k: torch.Tensor | None = None
+    num_splits: int = 1
+    deterministic: bool = False
+
+    @property
+    def batch_size(self) -> int:
+        return self.seqused_k.shape[0]
+
+    @property
+    def paged(self) -> bool:
+        return self.page_table is not None
