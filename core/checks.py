@@ -11,6 +11,7 @@ import os
 import torch
 
 from .plan import AttnPlan
+from .params import AttnParams
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
@@ -41,7 +42,7 @@ def check_int_tensor(name: str, t: torch.Tensor, shape: tuple[int, ...], layout:
 
 
 def check_attention_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                           plan: AttnPlan, *, sinks: torch.Tensor | None,
+                           plan: AttnPlan, params: AttnParams, *, sinks: torch.Tensor | None,
                            k_descale: torch.Tensor | None, v_descale: torch.Tensor | None,
                            out: torch.Tensor | None) -> None:
     """Validate q/cache/plan agreement; raises ValueError before anything runs."""
@@ -89,17 +90,19 @@ def check_attention_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
             expect(tuple(t.shape) == (batch, hk),
                    f"{name}: expected shape {(batch, hk)} [batch, num_kv_heads], got {tuple(t.shape)}")
     if q.device.type == "cpu" or debug_mode():
-        check_lengths(plan, k_cache)
+        check_lengths(plan, k_cache, params)
 
 
-def check_lengths(plan: AttnPlan, k_cache: torch.Tensor) -> None:
+def check_lengths(plan: AttnPlan, k_cache: torch.Tensor, params: AttnParams) -> None:
     """Host-side checks that read the plan's tensors (CPU tensors, or debug mode)."""
     cu_q = plan.cu_seqlens_q.cpu()
     q_lens = cu_q[1:] - cu_q[:-1]
     k_lens = plan.seqused_k.cpu()
-    bad = (q_lens > k_lens).nonzero()
-    expect(bad.numel() == 0, "cu_seqlens_q/seqused_k: q_len > k_len for sequence "
-           f"{bad[0].item() if bad.numel() else -1}: queries are the last q_len of k_len keys")
+    if params.positional:
+        bad = (q_lens > k_lens).nonzero()
+        expect(bad.numel() == 0, "cu_seqlens_q/seqused_k: q_len > k_len for sequence "
+               f"{bad[0].item() if bad.numel() else -1}: with causal/window/chunked masks the "
+               "queries are the last q_len of k_len keys")
     expect(bool((k_lens >= 0).all()) and bool((q_lens >= 0).all()),
            "cu_seqlens_q/seqused_k: lengths must be non-negative")
     if plan.paged and k_lens.numel():

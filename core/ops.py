@@ -14,7 +14,7 @@ import torch
 from . import checks, reference
 from .builders import build_plan, cu_seqlens
 from .plan import AttnPlan
-from .reference import AttnParams
+from .params import AttnParams
 
 __all__ = ["AttnParams", "attention", "write_kv_cache", "merge_state",
            "flash_attn_with_kvcache", "flash_attn_varlen_func"]
@@ -37,7 +37,7 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pla
     Writes into ``out`` when given (``[total_q, Hq, Dv]``); returns out, or (out, lse) with lse
     ``[Hq, total_q]`` float32 when ``return_lse``.
     """
-    checks.check_attention_inputs(q, k_cache, v_cache, plan, sinks=sinks, k_descale=k_descale,
+    checks.check_attention_inputs(q, k_cache, v_cache, plan, params, sinks=sinks, k_descale=k_descale,
                                   v_descale=v_descale, out=out)
     if use_triton(q):
         from .kernels.attention import run_attention

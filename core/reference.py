@@ -6,26 +6,13 @@ O(q_chunk x k_chunk) per step and never O(q_len x k_len), even at 256K tokens.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import torch
 
+from .params import AttnParams
 from .plan import AttnPlan
 
 Q_CHUNK = 256
 K_CHUNK = 1024
-
-
-@dataclass(frozen=True)
-class AttnParams:
-    """Per-layer attention semantics, shared by the reference and the Triton kernels."""
-
-    softmax_scale: float
-    causal: bool = True
-    window_left: int = -1
-    window_right: int = -1
-    chunk_size: int = 0
-    softcap: float = 0.0
 
 
 def visible(q_pos: torch.Tensor, k_pos: torch.Tensor, k_len: int, p: AttnParams) -> torch.Tensor:
@@ -89,7 +76,7 @@ def reference_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     cu_k = plan.cu_seqlens_k.tolist() if plan.cu_seqlens_k is not None else None
     for b in range(plan.batch_size):
         q0, q1, k_len = cu_q[b], cu_q[b + 1], k_lens[b]
-        if q1 - q0 > k_len:
+        if q1 - q0 > k_len and params.positional:
             raise ValueError(f"sequence {b}: q_len {q1 - q0} > k_len {k_len}")
         k_start = cu_k[b] if cu_k is not None else 0
         for qs in range(q0, q1, q_chunk):

@@ -1,0 +1,250 @@
+"""Paged varlen attention forward: one tile loop for prefill, extend and split-KV decode.
+
+A program owns ``BLOCK_M`` packed query rows of one (sequence, kv head) and one key split.
+Rows pack GQA: row ``r`` is token ``r // GROUP`` of the sequence and query head
+``kv_head * GROUP + r % GROUP``, so every K/V tile loaded is shared by the whole group.
+Features (causal, window, chunked-local, soft-cap, sinks, FP8 descale, paged or contiguous
+keys, split output) are ``constexpr`` flags of the same loop.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from ..plan import AttnPlan
+from ..params import AttnParams
+from .merge import merge_splits
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _tanh(x):
+    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+
+
+@triton.jit
+def _attn_fwd(
+    Q, K, V, O, LSE,
+    CuSeqQ, SeqUsedK, PageTable, CuSeqK, Sinks, KDescale, VDescale,
+    qk_scale, softcap, window_left, window_right, chunk_size,
+    stride_qt, stride_qh, stride_qd,
+    stride_kp, stride_ks, stride_kh, stride_kd,
+    stride_vp, stride_vs, stride_vh, stride_vd,
+    stride_os, stride_ot, stride_oh, stride_od,
+    stride_ls, stride_lh, stride_lt,
+    stride_pt, stride_desc,
+    NUM_KV_HEADS: tl.constexpr, GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, PAGED: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    HAS_WINDOW: tl.constexpr, HAS_CHUNK: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    HAS_SINKS: tl.constexpr, HAS_K_DESCALE: tl.constexpr, HAS_V_DESCALE: tl.constexpr,
+    WRITE_LSE: tl.constexpr, UPCAST: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    b = pid_bh // NUM_KV_HEADS
+    kvh = pid_bh % NUM_KV_HEADS
+
+    q_start = tl.load(CuSeqQ + b)
+    q_len = tl.load(CuSeqQ + b + 1) - q_start
+    if pid_m * BLOCK_M >= q_len * GROUP:
+        return
+    k_len = tl.load(SeqUsedK + b)
+    k_start = tl.load(CuSeqK + b)  # contiguous keys only; paged launches pass a dummy
+
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    tok = rows // GROUP
+    head = kvh * GROUP + rows % GROUP
+    row_ok = tok < q_len
+    q_pos = k_len - q_len + tok  # bottom-right aligned absolute positions
+
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    q_ptrs = (Q + (q_start + tok)[:, None].to(tl.int64) * stride_qt
+              + head[:, None] * stride_qh + offs_d[None, :] * stride_qd)
+    q = tl.load(q_ptrs, mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+
+    scale = qk_scale
+    if HAS_K_DESCALE:
+        scale = scale * tl.load(KDescale + b * stride_desc + kvh)
+
+    # Key range this tile can see, from its first and last query positions.
+    pos_lo = k_len - q_len + pid_m * BLOCK_M // GROUP
+    pos_hi = k_len - q_len + tl.minimum((pid_m * BLOCK_M + BLOCK_M - 1) // GROUP, q_len - 1)
+    lo = k_len * 0
+    hi = k_len
+    if IS_CAUSAL:
+        hi = tl.minimum(hi, pos_hi + 1)
+    if HAS_WINDOW:
+        lo = tl.where(window_left >= 0, tl.maximum(lo, pos_lo - window_left), lo)
+        hi = tl.where(window_right >= 0, tl.minimum(hi, pos_hi + window_right + 1), hi)
+    if HAS_CHUNK:
+        lo = tl.maximum(lo, (pos_lo // chunk_size) * chunk_size)
+        hi = tl.minimum(hi, (pos_hi // chunk_size + 1) * chunk_size)
+    lo = (lo // BLOCK_N) * BLOCK_N
+    if NUM_SPLITS > 1:
+        per_split = tl.cdiv(tl.cdiv(tl.maximum(hi - lo, 0), NUM_SPLITS), BLOCK_N) * BLOCK_N
+        lo = lo + pid_s * per_split
+        hi = tl.minimum(hi, lo + per_split)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < hi
+        if PAGED:
+            page = tl.load(PageTable + b * stride_pt + offs_n // PAGE_SIZE, mask=n_ok, other=0)
+            k_row = page.to(tl.int64) * stride_kp + (offs_n % PAGE_SIZE) * stride_ks
+            v_row = page.to(tl.int64) * stride_vp + (offs_n % PAGE_SIZE) * stride_vs
+        else:
+            k_row = (k_start + offs_n).to(tl.int64) * stride_ks
+            v_row = (k_start + offs_n).to(tl.int64) * stride_vs
+        kt = tl.load(K + k_row[None, :] + kvh * stride_kh + offs_d[:, None] * stride_kd,
+                     mask=n_ok[None, :] & (offs_d[:, None] < HEAD_DIM), other=0.0)
+        v = tl.load(V + v_row[:, None] + kvh * stride_vh + offs_dv[None, :] * stride_vd,
+                    mask=n_ok[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0)
+        kt = kt.to(q.dtype)
+        if UPCAST:
+            v = v.to(tl.float32)
+        else:
+            v = v.to(Q.dtype.element_ty)
+        s = tl.dot(q, kt)
+        if HAS_SOFTCAP:
+            s = softcap * _tanh(s * (scale / softcap)) * 1.4426950408889634
+        else:
+            s = s * (scale * 1.4426950408889634)
+        visible = row_ok[:, None] & n_ok[None, :]
+        if IS_CAUSAL:
+            visible = visible & (offs_n[None, :] <= q_pos[:, None])
+        if HAS_WINDOW:
+            visible = visible & ((window_left < 0) | (offs_n[None, :] >= q_pos[:, None] - window_left))
+            visible = visible & ((window_right < 0) | (offs_n[None, :] <= q_pos[:, None] + window_right))
+        if HAS_CHUNK:
+            visible = visible & ((offs_n[None, :] // chunk_size) == (q_pos[:, None] // chunk_size))
+        s = tl.where(visible, s, float("-inf"))
+
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+
+    if HAS_SINKS:
+        # The sink is one more logit with no value; it joins only split 0's denominator.
+        sink = tl.load(Sinks + head, mask=row_ok, other=float("-inf")).to(tl.float32) * 1.4426950408889634
+        sink = tl.where(pid_s == 0, sink, float("-inf"))
+        m_new = tl.maximum(m_i, sink)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.exp2(sink - m_safe)
+        acc = acc * alpha[:, None]
+        m_i = m_new
+
+    empty = l_i == 0.0
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    if HAS_V_DESCALE:
+        out = out * tl.load(VDescale + b * stride_desc + kvh)
+    o_ptrs = (O + pid_s * stride_os + (q_start + tok)[:, None].to(tl.int64) * stride_ot
+              + head[:, None] * stride_oh + offs_dv[None, :] * stride_od)
+    tl.store(o_ptrs, out.to(O.dtype.element_ty),
+             mask=row_ok[:, None] & (offs_dv[None, :] < HEAD_DIM_V))
+    if WRITE_LSE:
+        lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
+        tl.store(LSE + pid_s * stride_ls + head * stride_lh + (q_start + tok).to(tl.int64) * stride_lt,
+                 lse, mask=row_ok)
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def tile_config(head_dim: int, rows_per_seq: int, deterministic: bool, device: torch.device
+                ) -> dict:
+    """Tile shape and launch settings, chosen from static sizes only (never autotuned).
+
+    ``rows_per_seq`` is ``max_seqlen_q * group``: the packed rows one sequence contributes.
+    Deterministic mode uses one shape for every batch so a row's reduction order is fixed.
+    """
+    if device.type != "cuda":
+        return dict(BLOCK_M=16, BLOCK_N=32, num_warps=4, num_stages=1)
+    big_d = head_dim > 128
+    if deterministic or rows_per_seq > 64:
+        return dict(BLOCK_M=64 if big_d else 128, BLOCK_N=32 if big_d else 64,
+                    num_warps=8, num_stages=2 if big_d else 3)
+    block_m = 16 if rows_per_seq <= 16 else (32 if rows_per_seq <= 32 else 64)
+    return dict(BLOCK_M=block_m, BLOCK_N=64 if big_d else 128, num_warps=4,
+                num_stages=2 if big_d else 3)
+
+
+def run_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: AttnPlan,
+                  params: AttnParams, *, sinks: torch.Tensor | None,
+                  k_descale: torch.Tensor | None, v_descale: torch.Tensor | None,
+                  out: torch.Tensor | None, want_lse: bool,
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Launch the forward kernel (plus the split merge when the plan splits keys)."""
+    total_q, hq, d = q.shape
+    hk, dv = k_cache.shape[-2], v_cache.shape[-1]
+    group = hq // hk
+    if out is None:
+        out = torch.empty(total_q, hq, dv, dtype=q.dtype, device=q.device)
+    lse = torch.empty(hq, total_q, dtype=torch.float32, device=q.device) if want_lse else None
+    if total_q == 0:
+        return out, lse
+    cfg = tile_config(d, plan.max_seqlen_q * group, plan.deterministic, q.device)
+    splits = plan.num_splits
+    if splits > 1:
+        o_part = torch.empty(splits, total_q, hq, dv, dtype=torch.float32, device=q.device)
+        l_part = torch.empty(splits, hq, total_q, dtype=torch.float32, device=q.device)
+    else:
+        o_part, l_part = out.unsqueeze(0), (lse.unsqueeze(0) if want_lse else out.new_empty(1, 1, 1, dtype=torch.float32))
+    if plan.paged:
+        kp, ks, kh, kd = k_cache.stride()
+        vp, vs, vh, vd = v_cache.stride()
+        page_size = k_cache.shape[1]
+        page_table, stride_pt, cu_k = plan.page_table, plan.page_table.stride(0), plan.seqused_k
+    else:
+        (ks, kh, kd), (vs, vh, vd), kp, vp = k_cache.stride(), v_cache.stride(), 0, 0
+        page_size, page_table, stride_pt, cu_k = 1, plan.seqused_k, 0, plan.cu_seqlens_k
+    descale_stride = k_descale.stride(0) if k_descale is not None else (
+        v_descale.stride(0) if v_descale is not None else 0)
+    window = params.window_left >= 0 or params.window_right >= 0
+    dummy = plan.seqused_k
+    grid = (triton.cdiv(plan.max_seqlen_q * group, cfg["BLOCK_M"]), plan.batch_size * hk, splits)
+    _attn_fwd[grid](
+        q, k_cache, v_cache, o_part, l_part,
+        plan.cu_seqlens_q, plan.seqused_k, page_table, cu_k,
+        sinks if sinks is not None else dummy,
+        k_descale if k_descale is not None else dummy,
+        v_descale if v_descale is not None else dummy,
+        params.softmax_scale, params.softcap or 1.0,
+        params.window_left, params.window_right, max(params.chunk_size, 1),
+        *q.stride(), kp, ks, kh, kd, vp, vs, vh, vd,
+        *o_part.stride(), *(l_part.stride() if (want_lse or splits > 1) else (0, 0, 0)),
+        stride_pt, descale_stride,
+        NUM_KV_HEADS=hk, GROUP=group, HEAD_DIM=d, HEAD_DIM_V=dv,
+        BLOCK_D=triton.next_power_of_2(d), BLOCK_DV=triton.next_power_of_2(dv),
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], PAGE_SIZE=page_size,
+        NUM_SPLITS=splits, PAGED=plan.paged, IS_CAUSAL=params.causal,
+        HAS_WINDOW=window, HAS_CHUNK=params.chunk_size > 0, HAS_SOFTCAP=params.softcap > 0,
+        HAS_SINKS=sinks is not None, HAS_K_DESCALE=k_descale is not None,
+        HAS_V_DESCALE=v_descale is not None, WRITE_LSE=want_lse or splits > 1,
+        UPCAST=interpreting() and q.dtype == torch.bfloat16,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    if splits > 1:
+        merge_splits(o_part, l_part, out, lse)
+    return out, lse

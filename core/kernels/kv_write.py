@@ -1,0 +1,62 @@
+"""KV-cache write: scatter new K/V rows into a paged cache through a slot mapping."""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _kv_write_kernel(
+    Kn, Vn, KC, VC, Slots, KScale, VScale,
+    stride_knt, stride_knh, stride_knd, stride_vnt, stride_vnh, stride_vnd,
+    stride_kcp, stride_kcs, stride_kch, stride_kcd,
+    stride_vcp, stride_vcs, stride_vch, stride_vcd,
+    PAGE_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, HAS_SCALE: tl.constexpr,
+):
+    t = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    slot = tl.load(Slots + t).to(tl.int64)
+    if slot < 0:  # padding token
+        return
+    page = slot // PAGE_SIZE
+    off = slot % PAGE_SIZE
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    k = tl.load(Kn + t * stride_knt + h * stride_knh + offs_d * stride_knd,
+                mask=offs_d < HEAD_DIM, other=0.0)
+    v = tl.load(Vn + t * stride_vnt + h * stride_vnh + offs_dv * stride_vnd,
+                mask=offs_dv < HEAD_DIM_V, other=0.0)
+    if HAS_SCALE:
+        k = k.to(tl.float32) / tl.load(KScale)
+        v = v.to(tl.float32) / tl.load(VScale)
+    tl.store(KC + page * stride_kcp + off * stride_kcs + h * stride_kch + offs_d * stride_kcd,
+             k.to(KC.dtype.element_ty), mask=offs_d < HEAD_DIM)
+    tl.store(VC + page * stride_vcp + off * stride_vcs + h * stride_vch + offs_dv * stride_vcd,
+             v.to(VC.dtype.element_ty), mask=offs_dv < HEAD_DIM_V)
+
+
+def _scale_tensor(scale: torch.Tensor | float | None, device: torch.device) -> torch.Tensor:
+    if isinstance(scale, torch.Tensor):
+        return scale.reshape(-1)[:1].float() if scale.dtype != torch.float32 else scale
+    return torch.tensor([1.0 if scale is None else float(scale)], device=device)
+
+
+def run_kv_write(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                 slot_mapping: torch.Tensor, k_scale: torch.Tensor | float | None,
+                 v_scale: torch.Tensor | float | None) -> None:
+    n, hk, d = k.shape
+    if n == 0:
+        return
+    dv = v.shape[-1]
+    has_scale = k_scale is not None or v_scale is not None
+    ks = _scale_tensor(k_scale, k.device) if has_scale else slot_mapping
+    vs = _scale_tensor(v_scale, k.device) if has_scale else slot_mapping
+    _kv_write_kernel[(n, hk)](
+        k, v, k_cache, v_cache, slot_mapping, ks, vs,
+        *k.stride(), *v.stride(), *k_cache.stride(), *v_cache.stride(),
+        PAGE_SIZE=k_cache.shape[1], HEAD_DIM=d, HEAD_DIM_V=dv,
+        BLOCK_D=triton.next_power_of_2(d), BLOCK_DV=triton.next_power_of_2(dv),
+        HAS_SCALE=has_scale, num_warps=1,
+    )
