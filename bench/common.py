@@ -1,0 +1,60 @@
+"""Shared benchmark plumbing: paged inputs, timing, and one JSON line per figure."""
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+import triton
+
+from anyattn.core.builders import build_plan, cu_seqlens
+
+
+def paged_cache(k_lens: list[int], hk: int, d: int, page: int, dtype=torch.bfloat16, seed: int = 0):
+    """Random K/V in a paged cache whose pages are in random order, plus its page table."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    pages = [(k + page - 1) // page for k in k_lens]
+    total = sum(pages)
+    perm = torch.randperm(total, device="cuda", generator=gen).to(torch.int32)
+    table = torch.zeros(len(k_lens), max(pages), dtype=torch.int32, device="cuda")
+    start = 0
+    for b, n in enumerate(pages):
+        table[b, :n] = perm[start:start + n]
+        start += n
+    k = torch.randn(total, page, hk, d, device="cuda", dtype=dtype, generator=gen)
+    v = torch.randn(total, page, hk, d, device="cuda", dtype=dtype, generator=gen)
+    return k, v, table
+
+
+def plan_for(q_lens: list[int], k_lens: list[int], table: torch.Tensor, hk: int, **kw):
+    return build_plan(cu_seqlens(torch.tensor(q_lens, device="cuda")),
+                      torch.tensor(k_lens, dtype=torch.int32, device="cuda"),
+                      max_seqlen_q=max(q_lens), max_seqlen_k=max(k_lens), page_table=table,
+                      num_kv_heads=hk, **kw)
+
+
+def gather_dense(cache: torch.Tensor, table: torch.Tensor, k_len: int) -> torch.Tensor:
+    """Paged [pages, page, Hk, D] -> dense [B, Hk, k_len, D] for the dense peers."""
+    page = cache.shape[1]
+    pos = torch.arange(k_len, device=cache.device)
+    return cache[table[:, pos // page].long(), pos % page].permute(0, 2, 1, 3).contiguous()
+
+
+def time_ms(fn) -> float:
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def emit(rows: list[dict], **row) -> None:
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+
+
+def markdown(rows: list[dict], metric: str, unit: str) -> None:
+    shapes = list(dict.fromkeys(r["shape"] for r in rows))
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
+    print(f"\n| impl | " + " | ".join(shapes) + f" |  ({unit})", file=sys.stdout)
+    print("|---|" + "---|" * len(shapes))
+    for impl in impls:
+        vals = {r["shape"]: r.get(metric) for r in rows if r["impl"] == impl}
+        cells = [f"{vals[s]:.2f}" if isinstance(vals.get(s), float) else str(vals.get(s, "-")) for s in shapes]
+        print(f"| {impl} | " + " | ".join(cells) + " |")
