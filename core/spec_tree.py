@@ -26,12 +26,7 @@ from .plan import AttnPlan
 
 
 def per_token_rows(x: torch.Tensor, tokens_per_seq: int) -> torch.Tensor:
-    """Repeat each sequence's row (a length or a page-table row) once per draft token.
-
-    The prefix part of a speculative step is attended as one single-query row per draft
-    token, each reading its sequence's whole prefix: a row never has more queries than keys,
-    whatever the prefix length.
-    """
+    """Repeat each sequence's row (a length, slots, a page-table row) once per draft token."""
     return x.repeat_interleave(tokens_per_seq, dim=0)
 
 

@@ -1,0 +1,225 @@
+"""Backend-level harness: real SGLang pools, ForwardBatch and RadixAttention on the CPU.
+
+A :class:`Scenario` owns a ReqToTokenPool / MHATokenToKVPool (through the ModelRunner mock of
+SGLang's own attention test kit), a shuffled page layout, cached prefix K/V and the new
+tokens' q/k/v. :meth:`Scenario.run` drives any attention backend through the public
+``AttentionBackend`` API (``init_forward_metadata`` then ``forward``) on a fresh copy of the
+KV cache, so two backends can be compared on identical inputs.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import torch
+
+from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS
+from sglang.srt.layers.radix_attention import RadixAttention
+from sglang.srt.model_executor.forward_batch_info import (CaptureHiddenMode, ForwardBatch,
+                                                          ForwardMode)
+from sglang.srt.model_executor.forward_context import ForwardContext, forward_context
+from sglang.srt.runtime_context import get_context
+from sglang.srt.speculative.eagle_info import EagleVerifyInput
+from sglang.test.kits.attention_unittest.attention_methods.dense_attention import (
+    DenseAttentionCase, MockModelRunner, TinyModelConfig)
+
+HEAD_DIM = 32
+MAX_CONTEXT = 96
+
+
+@dataclass
+class Spec:
+    """EAGLE settings published to the runtime config for this scenario."""
+
+    topk: int = 0
+    num_draft_tokens: int = 0
+    num_steps: int = 0
+
+
+class Runner(MockModelRunner):
+    """The kit's ModelRunner mock, plus EAGLE fields in the published server args."""
+
+    def __init__(self, case: DenseAttentionCase, *, spec: Spec, dtype: torch.dtype,
+                 kv_dtype: torch.dtype | None = None, batch_capacity: int | None = None):
+        config = TinyModelConfig(num_heads=case.num_heads, num_kv_heads=case.num_kv_heads,
+                                 head_dim=HEAD_DIM, hidden_size=case.num_heads * HEAD_DIM,
+                                 context_len=MAX_CONTEXT,
+                                 sliding_window_size=case.sliding_window_size)
+        super().__init__(case=case, model_config=config, dtype=dtype, device="cpu",
+                         max_context_len=MAX_CONTEXT, head_dim=HEAD_DIM,
+                         runner_batch_size=batch_capacity)
+        fields = dict(self._server_args_override._fields)
+        fields.update(speculative_eagle_topk=spec.topk,
+                      speculative_num_draft_tokens=spec.num_draft_tokens,
+                      speculative_num_steps=spec.num_steps)
+        if kv_dtype is not None:
+            fields["kv_cache_dtype"] = "fp8_e4m3"
+            self.kv_cache_dtype = kv_dtype
+            self.kv_cache_dtype_str = "fp8_e4m3"
+        self._server_args_override.restore()
+        self._server_args_override = get_context().override_server_args(**fields)
+        self.server_args = self._server_args_override.install()
+        if kv_dtype is not None:
+            from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
+
+            self.token_to_kv_pool = MHATokenToKVPool(
+                size=self.token_to_kv_pool.size, page_size=case.page_size, dtype=kv_dtype,
+                head_num=case.num_kv_heads, head_dim=HEAD_DIM, layer_num=1, device="cpu",
+                enable_memory_saver=False, enable_alt_stream=False)
+
+    def close(self) -> None:
+        self._server_args_override.restore()
+
+
+def tree_mask(parents: list[int]) -> torch.Tensor:
+    """``[n, n]`` bool: token i sees token j when j is i or an ancestor of i."""
+    n = len(parents)
+    mask = torch.zeros(n, n, dtype=torch.bool)
+    for i in range(n):
+        j = i
+        while j >= 0:
+            mask[i, j] = True
+            j = parents[j]
+    return mask
+
+
+@dataclass
+class Scenario:
+    mode: ForwardMode
+    prefix_lens: tuple[int, ...]
+    new_lens: tuple[int, ...]
+    page_size: int = 1
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    sliding_window: int | None = None
+    logit_cap: float = 0.0
+    spec: Spec = field(default_factory=Spec)
+    tree_parents: list[int] | None = None
+    dtype: torch.dtype = torch.float32
+    kv_dtype: torch.dtype | None = None
+    encoder_lens: tuple[int, ...] | None = None
+    cross_attention: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        g = torch.Generator().manual_seed(self.seed)
+        self.batch = len(self.prefix_lens)
+        case = DenseAttentionCase(
+            name="anyattn", backend="triton", forward_mode=ForwardMode.EXTEND,
+            num_heads=self.num_heads, num_kv_heads=self.num_kv_heads, page_size=self.page_size,
+            prefix_lens=self.prefix_lens, extend_lens=self.new_lens,
+            sliding_window_size=self.sliding_window)
+        self.runner = Runner(case, spec=self.spec, dtype=self.dtype, kv_dtype=self.kv_dtype)
+        self.layer = RadixAttention(
+            num_heads=self.num_heads, head_dim=HEAD_DIM, scaling=HEAD_DIM ** -0.5,
+            num_kv_heads=self.num_kv_heads, layer_id=0, logit_cap=self.logit_cap,
+            sliding_window_size=self.sliding_window if self.sliding_window is not None else -1,
+            is_cross_attention=self.cross_attention)
+        if self.kv_dtype is not None:
+            self.layer.k_scale = torch.tensor(0.5)
+            self.layer.v_scale = torch.tensor(0.25)
+        self._layout(random.Random(self.seed))
+        total_new = sum(self.new_lens)
+        hk, hq = self.num_kv_heads, self.num_heads
+        self.q = torch.randn(total_new, hq * HEAD_DIM, generator=g).to(self.dtype)
+        self.k = torch.randn(total_new, hk * HEAD_DIM, generator=g).to(self.dtype)
+        self.v = torch.randn(total_new, hk * HEAD_DIM, generator=g).to(self.dtype)
+        pool = self.runner.token_to_kv_pool
+        with torch.no_grad():
+            k_buf, v_buf = pool.get_kv_buffer(0)
+            k_buf.copy_(torch.randn(k_buf.shape, generator=g).to(k_buf.dtype))
+            v_buf.copy_(torch.randn(v_buf.shape, generator=g).to(v_buf.dtype))
+        self.kv_snapshot = [t.clone() for t in pool.get_kv_buffer(0)]
+
+    def _layout(self, rng: random.Random) -> None:
+        """Each request owns shuffled whole pages; a token's slot comes from its page."""
+        ps = self.page_size
+        enc = self.encoder_lens or (0,) * self.batch
+        need = [-(-(e + p + n) // ps) + 1 for e, p, n in zip(enc, self.prefix_lens, self.new_lens)]
+        pages = list(range(1, 1 + sum(need)))  # page 0 stays the padding page
+        rng.shuffle(pages)
+        r2t = self.runner.req_to_token_pool.req_to_token
+        self.req_pool_indices = torch.arange(1, self.batch + 1, dtype=torch.int32)
+        self.new_slots, self.encoder_slots = [], []
+        for b in range(self.batch):
+            mine, pages = pages[: need[b]], pages[need[b]:]
+            total = enc[b] + self.prefix_lens[b] + self.new_lens[b]
+            slots = torch.tensor([mine[i // ps] * ps + i % ps for i in range(total)])
+            r2t[self.req_pool_indices[b], :total] = slots.to(r2t.dtype)
+            start = enc[b] + self.prefix_lens[b]
+            self.new_slots.append(slots[start:])
+            self.encoder_slots.append(slots[: enc[b]])
+
+    def forward_batch(self, mode: ForwardMode | None = None) -> ForwardBatch:
+        mode = mode or self.mode
+        seq = [p + n for p, n in zip(self.prefix_lens, self.new_lens)]
+        if mode.is_target_verify():
+            seq = list(self.prefix_lens)  # SGLang: verify seq_lens exclude the draft tokens
+        positions = torch.cat([torch.arange(p, p + n) for p, n in
+                               zip(self.prefix_lens, self.new_lens)])
+        fb = ForwardBatch(
+            forward_mode=mode, batch_size=self.batch,
+            input_ids=torch.zeros(sum(self.new_lens), dtype=torch.int64),
+            req_pool_indices=self.req_pool_indices.clone(),
+            seq_lens=torch.tensor(seq, dtype=torch.int32),
+            seq_lens_cpu=torch.tensor(seq, dtype=torch.int32),
+            out_cache_loc=torch.cat(self.new_slots).to(torch.int64),
+            seq_lens_sum=sum(seq), positions=positions)
+        self.runner.kv_index_translator.bind_own_plan(fb)
+        if mode.is_extend(include_draft_extend_v2=True) and not mode.is_target_verify():
+            fb.extend_prefix_lens = torch.tensor(self.prefix_lens, dtype=torch.int32)
+            fb.extend_prefix_lens_cpu = list(self.prefix_lens)
+            fb.extend_seq_lens = torch.tensor(self.new_lens, dtype=torch.int32)
+            fb.extend_seq_lens_cpu = list(self.new_lens)
+            fb.extend_num_tokens = sum(self.new_lens)
+        if self.encoder_lens is not None:
+            fb.encoder_lens = torch.tensor(self.encoder_lens, dtype=torch.int32)
+            fb.encoder_lens_cpu = list(self.encoder_lens)
+            fb.encoder_out_cache_loc = torch.cat(self.encoder_slots).to(torch.int64)
+        if mode.is_target_verify():
+            fb.spec_info = self._verify_input(fb)
+        return fb
+
+    def _verify_input(self, fb: ForwardBatch) -> EagleVerifyInput:
+        n = self.new_lens[0]
+        draft = tree_mask(self.tree_parents) if self.tree_parents else \
+            torch.tril(torch.ones(n, n, dtype=torch.bool))
+        blocks = []
+        for p in self.prefix_lens:
+            block = torch.ones(n, p + n, dtype=torch.bool)
+            block[:, p:] = draft
+            blocks.append(block.reshape(-1))
+        idx = torch.arange(n, dtype=torch.long).repeat(self.batch, 1)
+        return EagleVerifyInput(
+            draft_token=fb.input_ids, custom_mask=torch.cat(blocks), positions=fb.positions,
+            retrieve_index=idx, retrieve_next_token=torch.full_like(idx, -1),
+            retrieve_next_sibling=torch.full_like(idx, -1),
+            retrieve_cum_len=torch.arange(self.batch + 1, dtype=torch.int32) * n,
+            spec_steps=max(0, n - 1), topk=max(1, self.spec.topk), draft_token_num=n,
+            capture_hidden_mode=CaptureHiddenMode.FULL, seq_lens_sum=fb.seq_lens_sum,
+            seq_lens_cpu=fb.seq_lens_cpu)
+
+    def backend(self, name: str):
+        return ATTENTION_BACKENDS[name](self.runner)
+
+    def reset_cache(self) -> None:
+        with torch.no_grad():
+            for buf, saved in zip(self.runner.token_to_kv_pool.get_kv_buffer(0), self.kv_snapshot):
+                buf.copy_(saved)
+
+    def run(self, backend, fb: ForwardBatch | None = None, *, init=None,
+            write_kv: bool = True) -> torch.Tensor:
+        """Fresh cache, metadata (``init`` or ``init_forward_metadata``), one layer forward.
+
+        ``write_kv=False`` passes no new K/V (a cross-attention layer whose encoder K/V
+        are already cached).
+        """
+        self.reset_cache()
+        fb = fb or self.forward_batch()
+        k, v = (self.k, self.v) if write_kv else (None, None)
+        with torch.no_grad(), forward_context(ForwardContext(attn_backend=backend)):
+            (init or backend.init_forward_metadata)(fb)
+            return self.layer(self.q, k, v, fb).float()
+
+    def close(self) -> None:
+        self.runner.close()
