@@ -8,6 +8,7 @@ KV cache, so two backends can be compared on identical inputs.
 """
 from __future__ import annotations
 
+import copy
 import random
 from dataclasses import dataclass, field
 
@@ -198,6 +199,27 @@ class Scenario:
             spec_steps=max(0, n - 1), topk=max(1, self.spec.topk), draft_token_num=n,
             capture_hidden_mode=CaptureHiddenMode.FULL, seq_lens_sum=fb.seq_lens_sum,
             seq_lens_cpu=fb.seq_lens_cpu)
+
+    def shrink(self, prefix_lens: tuple[int, ...], new_lens: tuple[int, ...], *,
+               seed: int = 1) -> "Scenario":
+        """Another step on the same pools and layer: the first ``len(prefix_lens)`` requests,
+        with lengths no longer than this scenario's, and fresh q/k/v."""
+        rows = len(prefix_lens)
+        if any(p + n > p0 + n0 for p, n, p0, n0 in
+               zip(prefix_lens, new_lens, self.prefix_lens, self.new_lens)) or rows > self.batch:
+            raise ValueError("shrink: the step must fit the scenario's requests")
+        step = copy.copy(self)
+        step.prefix_lens, step.new_lens, step.batch = tuple(prefix_lens), tuple(new_lens), rows
+        step.req_pool_indices = self.req_pool_indices[:rows].clone()
+        r2t = self.runner.req_to_token_pool.req_to_token
+        step.new_slots = [r2t[step.req_pool_indices[b], p:p + n].long()
+                          for b, (p, n) in enumerate(zip(prefix_lens, new_lens))]
+        g = torch.Generator().manual_seed(seed)
+        total, width_q, width_kv = sum(new_lens), self.q.shape[1], self.k.shape[1]
+        step.q = torch.randn(total, width_q, generator=g).to(self.dtype)
+        step.k = torch.randn(total, width_kv, generator=g).to(self.dtype)
+        step.v = torch.randn(total, width_kv, generator=g).to(self.dtype)
+        return step
 
     def backend(self, name: str):
         return ATTENTION_BACKENDS[name](self.runner)
