@@ -13,19 +13,21 @@ PARAMS = AttnParams(softmax_scale=D ** -0.5)
 
 
 def _step_inputs(gen, bs, q_len):
-    k_lens = torch.randint(q_len, MAX_PAGES * PAGE, (bs,), generator=gen, dtype=torch.int32)
-    table = torch.randint(0, NUM_PAGES, (bs, MAX_PAGES), generator=gen, dtype=torch.int32)
-    cu_q = torch.arange(bs + 1, dtype=torch.int32) * q_len
-    q = torch.randn(bs * q_len, HQ, D, generator=gen)
-    return cu_q.cuda(), k_lens.cuda(), table.cuda(), q.cuda().bfloat16()
+    """A new step's metadata, made on the device (a host->device copy would itself sync)."""
+    cuda = dict(generator=gen, device="cuda")
+    k_lens = torch.randint(q_len, MAX_PAGES * PAGE, (bs,), dtype=torch.int32, **cuda)
+    table = torch.randint(0, NUM_PAGES, (bs, MAX_PAGES), dtype=torch.int32, **cuda)
+    cu_q = torch.arange(bs + 1, dtype=torch.int32, device="cuda") * q_len
+    q = torch.randn(bs * q_len, HQ, D, **cuda).bfloat16()
+    return cu_q, k_lens, table, q
 
 
 @pytest.mark.parametrize("q_len", [1, 4], ids=["decode", "verify4"])
 @pytest.mark.parametrize("bs", [1, 8, 64])
 def test_graph_replay_bitwise_equals_eager(bs, q_len):
-    gen = torch.Generator().manual_seed(bs * 10 + q_len)
-    k_cache = torch.randn(NUM_PAGES, PAGE, HK, D, generator=gen).cuda().bfloat16()
-    v_cache = torch.randn(NUM_PAGES, PAGE, HK, D, generator=gen).cuda().bfloat16()
+    gen = torch.Generator(device="cuda").manual_seed(bs * 10 + q_len)
+    k_cache = torch.randn(NUM_PAGES, PAGE, HK, D, generator=gen, device="cuda").bfloat16()
+    v_cache = torch.randn(NUM_PAGES, PAGE, HK, D, generator=gen, device="cuda").bfloat16()
     bufs = GraphPlanBuffers(64, MAX_PAGES, max_seqlen_q=q_len, page_size=PAGE, num_kv_heads=HK,
                             device="cuda")
     cu_q, k_lens, table, q = _step_inputs(gen, bs, q_len)
