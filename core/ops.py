@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from . import checks, reference
+from . import checks, masks, reference
 from .builders import build_plan, cu_seqlens
 from .plan import AttnPlan
 from .params import AttnParams
@@ -31,22 +31,34 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pla
               params: AttnParams, *, sinks: torch.Tensor | None = None,
               k_descale: torch.Tensor | None = None, v_descale: torch.Tensor | None = None,
               out: torch.Tensor | None = None, return_lse: bool = False,
+              attn_mask: torch.Tensor | None = None, attn_bias: torch.Tensor | None = None,
+              tree_mask: torch.Tensor | None = None, tree_mask_indptr: torch.Tensor | None = None,
               ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention of ``q [total_q, Hq, D]`` over the keys the plan describes.
 
-    Writes into ``out`` when given (``[total_q, Hq, Dv]``); returns out, or (out, lse) with lse
-    ``[Hq, total_q]`` float32 when ``return_lse``.
+    ``attn_mask`` (bool, True = attend) and ``attn_bias`` (float, added to the scaled scores)
+    take the layouts of :mod:`core.masks`; ``tree_mask`` + ``tree_mask_indptr`` is SGLang's
+    flattened speculative-decoding ``custom_mask``. Writes into ``out`` when given
+    (``[total_q, Hq, Dv]``); returns out, or (out, lse) with lse ``[Hq, total_q]`` float32.
     """
     checks.check_attention_inputs(q, k_cache, v_cache, plan, params, sinks=sinks, k_descale=k_descale,
                                   v_descale=v_descale, out=out)
+    shape = dict(plan=plan, total_q=q.shape[0], hq=q.shape[1], hk=k_cache.shape[-2], device=q.device)
+    mask = masks.describe("attn_mask", attn_mask, **shape)
+    bias = masks.describe("attn_bias", attn_bias, **shape)
+    if tree_mask is not None:
+        checks.expect(mask is None and tree_mask_indptr is not None,
+                      "tree_mask: pass it with tree_mask_indptr, and not together with attn_mask")
+        mask = masks.describe_tree(tree_mask, tree_mask_indptr, plan=plan, device=q.device)
     if use_triton(q):
         from .kernels.attention import run_attention
         o, lse = run_attention(q, k_cache, v_cache, plan, params, sinks=sinks,
                                k_descale=k_descale, v_descale=v_descale, out=out,
-                               want_lse=return_lse)
+                               want_lse=return_lse, mask=mask, bias=bias)
     else:
         o, lse = reference.reference_attention(q, k_cache, v_cache, plan, params, sinks=sinks,
-                                               k_descale=k_descale, v_descale=v_descale, out=out)
+                                               k_descale=k_descale, v_descale=v_descale, out=out,
+                                               mask=mask, bias=bias)
     return (o, lse) if return_lse else o
 
 
@@ -126,7 +138,9 @@ def flash_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
                             softcap: float = 0.0, rotary_interleaved: bool = True,
                             scheduler_metadata=None, num_splits: int = 0, pack_gqa=None,
                             sm_margin: int = 0, return_softmax_lse: bool = False,
-                            sinks: torch.Tensor | None = None, deterministic: bool = False):
+                            sinks: torch.Tensor | None = None, deterministic: bool = False,
+                            attn_mask: torch.Tensor | None = None,
+                            attn_bias: torch.Tensor | None = None):
     """FlashAttention-3 ``flash_attn_with_kvcache`` over a paged or per-batch cache.
 
     q is ``[total_q, Hq, D]`` with ``cu_seqlens_q`` or ``[B, Sq, Hq, D]``; the cache is
@@ -166,7 +180,7 @@ def flash_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     res = attention(q, k_cache, v_cache, plan,
                     _params(q, softmax_scale, causal, window_size, attention_chunk, softcap),
                     sinks=sinks, k_descale=k_descale, v_descale=v_descale,
-                    return_lse=return_softmax_lse)
+                    return_lse=return_softmax_lse, attn_mask=attn_mask, attn_bias=attn_bias)
     if not batched_q:
         return res
     out, lse = res if return_softmax_lse else (res, None)
@@ -187,7 +201,9 @@ def flash_attn_varlen_func(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                            window_size: Sequence[int] = (-1, -1), attention_chunk: int = 0,
                            softcap: float = 0.0, num_splits: int = 1, pack_gqa=None,
                            deterministic: bool = False, sm_margin: int = 0,
-                           return_softmax_lse: bool = False, sinks: torch.Tensor | None = None):
+                           return_softmax_lse: bool = False, sinks: torch.Tensor | None = None,
+                           attn_mask: torch.Tensor | None = None,
+                           attn_bias: torch.Tensor | None = None):
     """FlashAttention-3 ``flash_attn_varlen_func``: contiguous ``k``/``v [total_k, Hk, D]``."""
     _unsupported(seqused_q=seqused_q, qv=qv, q_descale=q_descale)
     checks.check_rank("cu_seqlens_k", cu_seqlens_k, 1, "[batch + 1]")
@@ -204,4 +220,4 @@ def flash_attn_varlen_func(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return attention(q, k, v, plan,
                      _params(q, softmax_scale, causal, window_size, attention_chunk, softcap),
                      sinks=sinks, k_descale=k_descale, v_descale=v_descale,
-                     return_lse=return_softmax_lse)
+                     return_lse=return_softmax_lse, attn_mask=attn_mask, attn_bias=attn_bias)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 import torch
 
+from . import masks
+from .masks import MaskSpec
 from .params import AttnParams
 from .plan import AttnPlan
 
@@ -56,13 +58,14 @@ def reference_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
                         k_descale: torch.Tensor | None = None,
                         v_descale: torch.Tensor | None = None,
                         out: torch.Tensor | None = None,
+                        mask: MaskSpec | None = None, bias: MaskSpec | None = None,
                         q_chunk: int = Q_CHUNK, k_chunk: int = K_CHUNK,
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of ``q [total_q, Hq, D]`` over the plan's keys -> (out, lse ``[Hq, total_q]``).
 
     ``k_cache``/``v_cache`` are ``[num_pages, page_size, Hk, D]`` (paged plan) or
     ``[total_k, Hk, D]`` (contiguous plan); ``k_descale``/``v_descale`` are ``[B, Hk]``
-    dequantisation scales (FP8 caches).
+    dequantisation scales (FP8 caches); ``mask``/``bias`` come from :mod:`core.masks`.
     """
     total_q, hq, _ = q.shape
     hk = k_cache.shape[-2]
@@ -99,10 +102,16 @@ def reference_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
                     kf = kf * k_descale[b].float()[None, :, None]
                 if v_descale is not None:
                     vf = vf * v_descale[b].float()[None, :, None]
-                s = torch.einsum("hgqd,khd->hgqk", qf, kf) * params.softmax_scale
+                s = torch.einsum("hgqd,khd->hgqk", qf, kf).reshape(hq, qe - qs, ke - ks)
+                s = s * params.softmax_scale
                 if params.softcap > 0:
                     s = params.softcap * torch.tanh(s / params.softcap)
-                s = s.masked_fill(~ok, -math.inf).reshape(hq, qe - qs, ke - ks)
+                rows, local = torch.arange(qs, qe, device=q.device), torch.arange(qs - q0, qe - q0, device=q.device)
+                if bias is not None:
+                    s = s + masks.tile(bias, b, rows, local, k_pos, k_len, hq).float()
+                if mask is not None:
+                    ok = ok & masks.tile(mask, b, rows, local, k_pos, k_len, hq)
+                s = s.masked_fill(~ok, -math.inf)
                 m_new = torch.maximum(m, s.amax(-1))
                 m_safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)
                 p = torch.exp(s - m_safe[..., None])

@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..masks import MaskSpec
 from ..plan import AttnPlan
 from ..params import AttnParams
 from .merge import merge_splits
@@ -28,9 +29,35 @@ def _tanh(x):
 
 
 @triton.jit
+def _layout_load(Ptr, Start, b, tok, q_row, head, offs_n, k_len, in_range,
+                 stride_r, stride_h, stride_c, cols, other,
+                 LAYOUT: tl.constexpr, HEADS: tl.constexpr, HQ: tl.constexpr):
+    """Load a mask/bias tile ``[BLOCK_M, BLOCK_N]`` in one of the layouts of ``core.masks``.
+
+    Returns the values and where the layout describes a key (elsewhere: not visible).
+    """
+    mh = head // (HQ // HEADS)
+    if LAYOUT == 1:  # key-side [total_k, H']
+        row = tl.load(Start + b) + offs_n
+        ptrs = Ptr + row[None, :].to(tl.int64) * stride_r + mh[:, None] * stride_h
+        ok = in_range
+    elif LAYOUT == 2:  # query-side [total_q, H', cols]
+        ptrs = (Ptr + q_row[:, None].to(tl.int64) * stride_r + mh[:, None] * stride_h
+                + offs_n[None, :] * stride_c)
+        ok = in_range & (offs_n[None, :] < cols)
+    else:  # tree: flattened q_len x k_len block per sequence
+        start = tl.load(Start + b).to(tl.int64)
+        ptrs = Ptr + start + tok[:, None].to(tl.int64) * k_len + offs_n[None, :]
+        ok = in_range
+    return tl.load(ptrs, mask=ok, other=other), ok
+
+
+@triton.jit
 def _attn_fwd(
     Q, K, V, O, LSE,
     CuSeqQ, SeqUsedK, PageTable, CuSeqK, Sinks, KDescale, VDescale,
+    Mask, MaskStart, stride_mr, stride_mh, stride_mc, mask_cols,
+    Bias, BiasStart, stride_br, stride_bh, stride_bc, bias_cols,
     qk_scale, softcap, window_left, window_right, chunk_size,
     stride_qt, stride_qh, stride_qd,
     stride_kp, stride_ks, stride_kh, stride_kd,
@@ -46,6 +73,8 @@ def _attn_fwd(
     HAS_WINDOW: tl.constexpr, HAS_CHUNK: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     HAS_SINKS: tl.constexpr, HAS_K_DESCALE: tl.constexpr, HAS_V_DESCALE: tl.constexpr,
     WRITE_LSE: tl.constexpr, UPCAST: tl.constexpr,
+    MASK_LAYOUT: tl.constexpr, MASK_HEADS: tl.constexpr,
+    BIAS_LAYOUT: tl.constexpr, BIAS_HEADS: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -104,28 +133,8 @@ def _attn_fwd(
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_ok = offs_n < hi
-        if PAGED:
-            page = tl.load(PageTable + b * stride_pt + offs_n // PAGE_SIZE, mask=n_ok, other=0)
-            k_row = page.to(tl.int64) * stride_kp + (offs_n % PAGE_SIZE) * stride_ks
-            v_row = page.to(tl.int64) * stride_vp + (offs_n % PAGE_SIZE) * stride_vs
-        else:
-            k_row = (k_start + offs_n).to(tl.int64) * stride_ks
-            v_row = (k_start + offs_n).to(tl.int64) * stride_vs
-        kt = tl.load(K + k_row[None, :] + kvh * stride_kh + offs_d[:, None] * stride_kd,
-                     mask=n_ok[None, :] & (offs_d[:, None] < HEAD_DIM), other=0.0)
-        v = tl.load(V + v_row[:, None] + kvh * stride_vh + offs_dv[None, :] * stride_vd,
-                    mask=n_ok[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0)
-        kt = kt.to(q.dtype)
-        if UPCAST:
-            v = v.to(tl.float32)
-        else:
-            v = v.to(Q.dtype.element_ty)
-        s = tl.dot(q, kt)
-        if HAS_SOFTCAP:
-            s = softcap * _tanh(s * (scale / softcap)) * 1.4426950408889634
-        else:
-            s = s * (scale * 1.4426950408889634)
-        visible = row_ok[:, None] & n_ok[None, :]
+        in_range = row_ok[:, None] & n_ok[None, :]
+        visible = in_range
         if IS_CAUSAL:
             visible = visible & (offs_n[None, :] <= q_pos[:, None])
         if HAS_WINDOW:
@@ -133,15 +142,56 @@ def _attn_fwd(
             visible = visible & ((window_right < 0) | (offs_n[None, :] <= q_pos[:, None] + window_right))
         if HAS_CHUNK:
             visible = visible & ((offs_n[None, :] // chunk_size) == (q_pos[:, None] // chunk_size))
-        s = tl.where(visible, s, float("-inf"))
+        if MASK_LAYOUT != 0:
+            mvals, mok = _layout_load(Mask, MaskStart, b, tok, q_start + tok, head, offs_n, k_len,
+                                      in_range, stride_mr, stride_mh, stride_mc, mask_cols, 0,
+                                      MASK_LAYOUT, MASK_HEADS, NUM_KV_HEADS * GROUP)
+            visible = visible & mok & (mvals != 0)
+            # Skip the loads and both dots of a tile the mask hides entirely.
+            go = tl.max(tl.max(visible.to(tl.int32), 1), 0) > 0
+        else:
+            go = True
+        if go:
+            if PAGED:
+                page = tl.load(PageTable + b * stride_pt + offs_n // PAGE_SIZE, mask=n_ok, other=0)
+                k_row = page.to(tl.int64) * stride_kp + (offs_n % PAGE_SIZE) * stride_ks
+                v_row = page.to(tl.int64) * stride_vp + (offs_n % PAGE_SIZE) * stride_vs
+            else:
+                k_row = (k_start + offs_n).to(tl.int64) * stride_ks
+                v_row = (k_start + offs_n).to(tl.int64) * stride_vs
+            kt = tl.load(K + k_row[None, :] + kvh * stride_kh + offs_d[:, None] * stride_kd,
+                         mask=n_ok[None, :] & (offs_d[:, None] < HEAD_DIM), other=0.0)
+            v = tl.load(V + v_row[:, None] + kvh * stride_vh + offs_dv[None, :] * stride_vd,
+                        mask=n_ok[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0)
+            kt = kt.to(q.dtype)
+            if UPCAST:
+                v = v.to(tl.float32)
+            else:
+                v = v.to(Q.dtype.element_ty)
+            s = tl.dot(q, kt)
+            if HAS_SOFTCAP or BIAS_LAYOUT != 0:
+                s = s * scale
+                if HAS_SOFTCAP:
+                    s = softcap * _tanh(s / softcap)
+                if BIAS_LAYOUT != 0:
+                    bvals, bok = _layout_load(Bias, BiasStart, b, tok, q_start + tok, head, offs_n,
+                                              k_len, in_range, stride_br, stride_bh, stride_bc,
+                                              bias_cols, 0.0, BIAS_LAYOUT, BIAS_HEADS,
+                                              NUM_KV_HEADS * GROUP)
+                    s = s + bvals.to(tl.float32)
+                    visible = visible & bok
+                s = s * 1.4426950408889634
+            else:
+                s = s * (scale * 1.4426950408889634)
+            s = tl.where(visible, s, float("-inf"))
 
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.exp2(s - m_safe[:, None])
+            alpha = tl.exp2(m_i - m_safe)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
 
     if HAS_SINKS:
         # The sink is one more logit with no value; it joins only split 0's denominator.
@@ -190,10 +240,22 @@ def tile_config(head_dim: int, rows_per_seq: int, deterministic: bool, device: t
                 num_stages=2 if big_d else 3)
 
 
+def _layout_args(spec: MaskSpec | None, dummy: torch.Tensor) -> tuple:
+    """Pointer, row starts, (row, head, column) strides and column count of a mask/bias."""
+    if spec is None:
+        return dummy, dummy, 0, 0, 0, 0
+    t = spec.tensor.view(torch.uint8) if spec.is_bool else spec.tensor
+    if t.dim() == 1:
+        return t, spec.row_start, 0, 0, 1, 0
+    col_stride, cols = (t.stride(2), t.shape[2]) if t.dim() == 3 else (0, 0)
+    return t, spec.row_start, t.stride(0), t.stride(1), col_stride, cols
+
+
 def run_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: AttnPlan,
                   params: AttnParams, *, sinks: torch.Tensor | None,
                   k_descale: torch.Tensor | None, v_descale: torch.Tensor | None,
                   out: torch.Tensor | None, want_lse: bool,
+                  mask: MaskSpec | None = None, bias: MaskSpec | None = None,
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Launch the forward kernel (plus the split merge when the plan splits keys)."""
     total_q, hq, d = q.shape
@@ -230,6 +292,7 @@ def run_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         sinks if sinks is not None else dummy,
         k_descale if k_descale is not None else dummy,
         v_descale if v_descale is not None else dummy,
+        *_layout_args(mask, dummy), *_layout_args(bias, dummy),
         params.softmax_scale, params.softcap or 1.0,
         params.window_left, params.window_right, max(params.chunk_size, 1),
         *q.stride(), kp, ks, kh, kd, vp, vs, vh, vd,
@@ -243,6 +306,8 @@ def run_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         HAS_SINKS=sinks is not None, HAS_K_DESCALE=k_descale is not None,
         HAS_V_DESCALE=v_descale is not None, WRITE_LSE=want_lse or splits > 1,
         UPCAST=interpreting() and q.dtype == torch.bfloat16,
+        MASK_LAYOUT=int(mask.layout) if mask else 0, MASK_HEADS=mask.heads if mask else 1,
+        BIAS_LAYOUT=int(bias.layout) if bias else 0, BIAS_HEADS=bias.heads if bias else 1,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if splits > 1:

@@ -62,8 +62,11 @@ def paged_batch(q_lens: list[int], k_lens: list[int], *, hq: int, hk: int, d: in
 
 
 def dense_attention(q, k, v, *, scale, causal=True, window=(-1, -1), chunk=0, softcap=0.0,
-                    sinks=None):
-    """Naive float64 softmax attention of one sequence: q [Lq, Hq, D], k/v [Lk, Hk, D]."""
+                    sinks=None, mask=None, bias=None):
+    """Naive float64 softmax attention of one sequence: q [Lq, Hq, D], k/v [Lk, Hk, D].
+
+    ``mask`` (bool) / ``bias`` (float) are dense ``[Hq, Lq, Lk]``.
+    """
     lq, hq, _ = q.shape
     lk, hk, _ = k.shape
     g = hq // hk
@@ -83,6 +86,10 @@ def dense_attention(q, k, v, *, scale, causal=True, window=(-1, -1), chunk=0, so
         ok &= kp <= qp + window[1]
     if chunk:
         ok &= (kp // chunk) == (qp // chunk)
+    if bias is not None:
+        s = s + bias.double()
+    if mask is not None:
+        ok = ok & mask
     s = s.masked_fill(~ok, -math.inf)
     if sinks is not None:
         s = torch.cat([s, sinks.double()[:, None, None].expand(hq, lq, 1)], -1)

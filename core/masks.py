@@ -1,0 +1,122 @@
+"""Mask and bias descriptions: layout detection, head broadcasting and validation.
+
+A boolean mask (True = attend) or an additive float bias comes in one of three layouts,
+told apart by rank (never materialised as a q_len x k_len tensor by anyattn itself):
+
+- ``KEY``: ``[total_k, H']`` broadcast over every query of a sequence; row
+  ``cu_seqlens_k[b] + j`` describes key position ``j`` of sequence ``b`` (keys in sequence
+  order, cached and new). O(N) memory: the layout for 256K contexts and streaming gates.
+- ``QUERY``: ``[total_q, H', max_seqlen_k]``: row ``cu_seqlens_q[b] + i``, column = key
+  position. Keys past the last column are not visible.
+- ``TREE``: SGLang's speculative-decoding ``custom_mask``: per sequence a flattened
+  ``q_len x k_len`` boolean block starting at ``indptr[b]`` (heads broadcast).
+
+``H'`` is 1 (all heads), Hk (per kv head: query head h uses h // (Hq // Hk)) or Hq.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import torch
+
+from .builders import cu_seqlens
+from .checks import debug_mode, expect
+from .plan import AttnPlan
+
+
+class Layout(enum.IntEnum):
+    KEY = 1
+    QUERY = 2
+    TREE = 3
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    """A validated mask or bias: the tensor, its layout, head count and row offsets."""
+
+    tensor: torch.Tensor
+    layout: Layout
+    heads: int
+    row_start: torch.Tensor  # [B(+1)] int32: cu_seqlens_k (KEY), cu_seqlens_q (QUERY), indptr (TREE)
+
+    @property
+    def is_bool(self) -> bool:
+        return self.tensor.dtype == torch.bool
+
+
+LAYOUTS_HELP = ("accepted layouts: key-side [total_k, H'] or query-side [total_q, H', max_seqlen_k], "
+                "H' in {1, num_kv_heads, num_heads}")
+
+
+def key_row_starts(plan: AttnPlan) -> torch.Tensor:
+    """Where each sequence's keys start in key-side layouts (computed on device, no sync)."""
+    return plan.cu_seqlens_k if plan.cu_seqlens_k is not None else cu_seqlens(plan.seqused_k)
+
+
+def describe(name: str, t: torch.Tensor | None, *, plan: AttnPlan, total_q: int, hq: int,
+             hk: int, device: torch.device) -> MaskSpec | None:
+    """Validate ``attn_mask`` (``name='attn_mask'``, bool) or ``attn_bias`` (float)."""
+    if t is None:
+        return None
+    is_mask = name == "attn_mask"
+    expect(isinstance(t, torch.Tensor), f"{name}: expected a tensor, got {type(t).__name__}")
+    if is_mask:
+        expect(t.dtype == torch.bool, f"{name}: expected dtype torch.bool (True = attend), got "
+               f"{t.dtype}; pass an additive float tensor as attn_bias instead")
+    else:
+        expect(t.dtype in (torch.float16, torch.bfloat16, torch.float32),
+               f"{name}: expected a float16/bfloat16/float32 additive bias, got {t.dtype}; "
+               "pass a boolean tensor as attn_mask instead")
+    expect(t.device == device, f"{name}: expected a tensor on {device} (like q), got {t.device}")
+    expect(t.dim() in (2, 3), f"{name}: shape {tuple(t.shape)} fits no layout; {LAYOUTS_HELP}")
+    heads = t.shape[1]
+    expect(heads in (1, hk, hq), f"{name}: head dim {heads} not in {{1, {hk}, {hq}}}; {LAYOUTS_HELP}")
+    expect(t.stride(-1) == 1 or t.shape[-1] == 1 or t.dim() == 2,
+           f"{name}: the last dimension must be contiguous")
+    if t.dim() == 3:
+        expect(t.shape[0] == total_q, f"{name}: query-side layout needs shape[0] == total_q "
+               f"({total_q}), got {tuple(t.shape)}; {LAYOUTS_HELP}")
+        spec = MaskSpec(t, Layout.QUERY, heads, plan.cu_seqlens_q)
+    else:
+        spec = MaskSpec(t, Layout.KEY, heads, key_row_starts(plan))
+        if device.type == "cpu" or debug_mode():
+            total_k = int(spec.row_start[-1])
+            expect(t.shape[0] == total_k, f"{name}: key-side layout needs shape[0] == total_k "
+                   f"({total_k}), got {tuple(t.shape)}; {LAYOUTS_HELP}")
+    return spec
+
+
+def describe_tree(custom_mask: torch.Tensor, indptr: torch.Tensor, *, plan: AttnPlan,
+                  device: torch.device) -> MaskSpec:
+    """SGLang's flattened ``custom_mask`` with its per-sequence start offsets ``indptr``."""
+    expect(custom_mask.dtype == torch.bool and custom_mask.dim() == 1,
+           f"custom_mask: expected a flat bool tensor, got {custom_mask.dtype} {tuple(custom_mask.shape)}")
+    expect(indptr.dim() == 1 and indptr.shape[0] >= plan.batch_size and indptr.dtype in (torch.int32, torch.int64),
+           f"mask_indptr: expected int32 [batch(+1)], got {indptr.dtype} {tuple(indptr.shape)}")
+    for n, t in (("custom_mask", custom_mask), ("mask_indptr", indptr)):
+        expect(t.device == device, f"{n}: expected a tensor on {device}, got {t.device}")
+    return MaskSpec(custom_mask, Layout.TREE, 1, indptr.to(torch.int32))
+
+
+def tile(spec: MaskSpec, b: int, q_rows: torch.Tensor, q_local: torch.Tensor, k_pos: torch.Tensor,
+         k_len: int, hq: int) -> torch.Tensor:
+    """Reference helper: the ``[Hq, CQ, CK]`` slice of a mask/bias for one tile.
+
+    ``q_rows`` are global query rows, ``q_local`` their index within the sequence, ``k_pos``
+    key positions. Entries outside the layout are False (mask) / -inf (bias).
+    """
+    t, start = spec.tensor, int(spec.row_start[b])
+    if spec.layout == Layout.KEY:
+        vals = t[start + k_pos]  # [CK, H']
+        vals = vals.t()[:, None, :].expand(-1, q_rows.shape[0], -1)
+    elif spec.layout == Layout.QUERY:
+        inside = k_pos < t.shape[2]
+        cols = torch.where(inside, k_pos, torch.zeros_like(k_pos))
+        vals = t[q_rows][:, :, cols].permute(1, 0, 2)  # [H', CQ, CK]
+        outside = ~inside[None, None, :]
+        vals = vals.masked_fill(outside, False) if spec.is_bool else vals.masked_fill(outside, float("-inf"))
+    else:
+        idx = start + q_local[:, None] * k_len + k_pos[None, :]
+        vals = t[idx][None]
+    return vals.repeat_interleave(hq // vals.shape[0], 0)
