@@ -3,6 +3,7 @@ import math
 import random
 import subprocess
 import sys
+import zlib
 
 import pytest
 import torch
@@ -44,7 +45,7 @@ COMBOS = [(m, b) for m in ("key", "query", None) for b in ("key", "query", None)
 @pytest.mark.parametrize("heads_kind", ["1", "hk", "hq"])
 @pytest.mark.parametrize("mask_layout,bias_layout", COMBOS, ids=lambda x: str(x))
 def test_layouts_against_reference_and_dense(mask_layout, bias_layout, heads_kind):
-    seed = hash((mask_layout, bias_layout, heads_kind)) % 1000
+    seed = zlib.crc32(f"{mask_layout}{bias_layout}{heads_kind}".encode()) % 1000
     rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
     hk, hq = 2, 8
     heads = {"1": 1, "hk": hk, "hq": hq}[heads_kind]
