@@ -28,6 +28,21 @@ HEAD_DIM = 32
 MAX_CONTEXT = 96
 
 
+def count_kernel_launches(monkeypatch) -> list:
+    """Record each call of anyattn's Triton attention entry point (the list fills as it runs)."""
+    from anyattn.core.kernels import attention as kernels
+
+    calls: list = []
+    original = kernels.run_attention
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "run_attention", counted)
+    return calls
+
+
 @dataclass
 class Spec:
     """EAGLE settings published to the runtime config for this scenario."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from harness import count_kernel_launches
 from sglang.srt.model_executor.forward_batch_info import ForwardMode
 
 CASES = {
@@ -71,3 +72,15 @@ def test_bad_input_is_a_clear_error(scenario_factory):
     backend.num_draft_tokens = backend.layouts.num_draft_tokens = 3
     with pytest.raises(ValueError, match="custom_mask"):
         backend.init_forward_metadata(fb)
+
+
+@pytest.mark.parametrize("name", ["extend_prefix", "decode"])
+def test_triton_kernels_match_torch_native(scenario_factory, monkeypatch, name):
+    """anyattn's own Triton kernels (interpreter), small shapes."""
+    monkeypatch.setenv("ANYATTN_IMPL", "triton")
+    calls = count_kernel_launches(monkeypatch)
+    s = scenario_factory(page_size=16, **CASES[name])
+    ours = s.run(s.backend("anyattn"))
+    theirs = s.run(s.backend("torch_native"))
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+    assert calls, "the Triton kernels did not run"

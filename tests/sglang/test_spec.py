@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import Spec
+from harness import Spec, count_kernel_launches
 from sglang.srt.model_executor.forward_batch_info import ForwardMode
 
 # Draft trees as parent lists (-1 = the root, the last verified token's successor).
@@ -40,3 +40,19 @@ def test_draft_extend_matches_triton(scenario_factory):
     ours = s.run(s.backend("anyattn"))
     theirs = s.run(s.backend("triton"))
     torch.testing.assert_close(ours, theirs, atol=ATOL, rtol=ATOL)
+
+
+@pytest.mark.parametrize("topk", [1, 2])
+def test_target_verify_triton_kernels(scenario_factory, monkeypatch, topk):
+    """anyattn's own Triton kernels (interpreter) on the verify cascade, small shapes."""
+    monkeypatch.setenv("ANYATTN_IMPL", "triton")
+    calls = count_kernel_launches(monkeypatch)
+    parents = TREES[topk][:4]
+    n = len(parents)
+    s = scenario_factory(mode=ForwardMode.TARGET_VERIFY, prefix_lens=(2, 19), new_lens=(n,) * 2,
+                         page_size=16, tree_parents=parents,
+                         spec=Spec(topk=topk, num_draft_tokens=n, num_steps=n - 1))
+    ours = s.run(s.backend("anyattn"))
+    theirs = s.run(s.backend("triton"))
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+    assert calls, "the Triton kernels did not run"

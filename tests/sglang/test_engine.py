@@ -1,0 +1,110 @@
+"""Engine level: the real SGLang Engine and HTTP server on the CPU with a tiny random Llama
+(a seeded random checkpoint written locally, see tiny_llama.py for why not load_format=dummy).
+
+``sglang.Engine(attention_backend="anyattn")`` must generate what the same engine generates
+with SGLang's torch_native backend (greedy tokens equal, log-probs close), and
+``python -m sglang.launch_server --attention-backend anyattn`` must answer ``/generate``
+with those tokens. The plugin reaches the scheduler subprocesses through its entry point.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from tiny_llama import write_tiny_llama
+
+PROMPTS = [[1, 5, 9, 33, 7, 200, 14], [1, 100, 2, 4], [1, 17]]
+SAMPLING = {"temperature": 0.0, "max_new_tokens": 12, "ignore_eos": True}
+ENGINE_ARGS = dict(device="cpu", skip_tokenizer_init=True, dtype="float32",
+                   random_seed=0, mem_fraction_static=0.3, disable_cuda_graph=True,
+                   log_level="error")
+
+
+def _generate(model_path: str, backend: str) -> list[dict]:
+    import sglang
+
+    engine = sglang.Engine(model_path=model_path, attention_backend=backend, **ENGINE_ARGS)
+    try:
+        backend_in_use = engine.get_server_info()["attention_backend"]
+        assert backend_in_use == backend, f"engine runs {backend_in_use}, asked for {backend}"
+        return engine.generate(input_ids=PROMPTS, sampling_params=SAMPLING, return_logprob=True)
+    finally:
+        engine.shutdown()
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> str:
+    return str(write_tiny_llama(tmp_path_factory.mktemp("tiny_llama")))
+
+
+@pytest.fixture(scope="module")
+def torch_native_outputs(model_path) -> list[dict]:
+    return _generate(model_path, "torch_native")
+
+
+def _logprobs(out: dict) -> list[float]:
+    return [entry[0] for entry in out["meta_info"]["output_token_logprobs"]]
+
+
+def test_engine_matches_torch_native(model_path, torch_native_outputs):
+    ours = _generate(model_path, "anyattn")
+    for mine, theirs in zip(ours, torch_native_outputs):
+        assert mine["output_ids"] == theirs["output_ids"]
+        assert _logprobs(mine) == pytest.approx(_logprobs(theirs), abs=1e-4)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _post(url: str, payload: dict, timeout: float) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def test_launch_server_generate(model_path, torch_native_outputs, tmp_path):
+    port = _free_port()
+    log = open(tmp_path / "server.log", "w")
+    cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", model_path,
+           "--device", "cpu", "--attention-backend", "anyattn",
+           "--skip-tokenizer-init", "--dtype", "float32", "--random-seed", "0",
+           "--mem-fraction-static", "0.3", "--disable-cuda-graph",
+           "--host", "127.0.0.1", "--port", str(port)]
+    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
+                              start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while True:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+                break
+            except OSError:
+                assert time.time() < deadline, "server did not come up in 240 s"
+                time.sleep(2)
+        for prompt, expected in zip(PROMPTS, torch_native_outputs):
+            answer = _post(f"http://127.0.0.1:{port}/generate",
+                           {"input_ids": prompt, "sampling_params": SAMPLING}, timeout=120)
+            assert answer["output_ids"] == expected["output_ids"]
+    finally:
+        # The server runs in its own session: stop exactly that process group.
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+    assert server.returncode is not None
