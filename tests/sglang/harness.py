@@ -65,7 +65,7 @@ class Runner(MockModelRunner):
                          max_context_len=MAX_CONTEXT, head_dim=HEAD_DIM,
                          runner_batch_size=batch_capacity)
         fields = dict(self._server_args_override._fields)
-        fields.update(speculative_eagle_topk=spec.topk,
+        fields.update(page_size=case.page_size, speculative_eagle_topk=spec.topk,
                       speculative_num_draft_tokens=spec.num_draft_tokens,
                       speculative_num_steps=spec.num_steps)
         if kv_dtype is not None:
