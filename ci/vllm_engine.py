@@ -1,0 +1,84 @@
+"""Run a real vLLM engine on token-id prompts (used by tests/vllm and ci/demo_vllm.py).
+
+Run with ci/ and ci/pyshim on PYTHONPATH so that vLLM's spawned processes find this module
+(the probes below run inside the worker) and the torchvision shim. The probes travel to the
+worker by pickle, which vLLM allows with VLLM_ALLOW_INSECURE_SERIALIZATION=1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+ENGINE_DEFAULTS = dict(
+    skip_tokenizer_init=True, dtype="float32", seed=0, max_model_len=1024,
+    # Chunked prefill with a small token budget splits the long prompts over several
+    # steps, so steps mix prefill chunks with decodes; prefix caching reuses the shared
+    # prompt head.
+    enable_prefix_caching=True, enable_chunked_prefill=True, max_num_batched_tokens=128,
+    max_num_seqs=8, block_size=32,
+    # Attention is the same code either way; eager skips ~30 s of torch.compile per engine.
+    enforce_eager=True,
+)
+
+
+@dataclass
+class Generation:
+    tokens: list[list[int]]
+    impls: list[str]  # attention impl classes the worker built
+    cached_tokens: list[int]  # prompt tokens served from the prefix cache, per prompt
+    # Per attention step (anyattn only): the (q_len, seq_len) of every request.
+    steps: list[list[tuple[int, int]]] = field(default_factory=list)
+    # Which core path ran those steps in the worker: "triton" and/or "reference".
+    core_paths: list[str] = field(default_factory=list)
+
+
+def attention_impls(model) -> list[str]:
+    from vllm.model_executor.layers.attention import Attention
+    return sorted({type(m.impl).__name__ for m in model.modules() if isinstance(m, Attention)})
+
+
+_STEPS: list[list[tuple[int, int]]] = []
+_PATHS: set[str] = set()
+
+
+def record_anyattn_steps(worker) -> None:
+    """Log every batch anyattn's builder sees (in the worker process only)."""
+    from anyattn.core.ops import use_triton
+    from anyattn.vllm_plugin.builder import AnyAttnMetadataBuilder
+
+    build = AnyAttnMetadataBuilder.build
+
+    def recording_build(self, common_prefix_len, cm, fast_build=False):
+        q = cm.query_start_loc_cpu[: cm.num_reqs + 1]
+        _STEPS.append(list(zip((q[1:] - q[:-1]).tolist(), cm.seq_lens.cpu().tolist())))
+        _PATHS.add("triton" if use_triton(cm.seq_lens) else "reference")
+        return build(self, common_prefix_len, cm, fast_build)
+
+    AnyAttnMetadataBuilder.build = recording_build
+
+
+def recorded_anyattn_steps(worker) -> tuple[list[list[tuple[int, int]]], list[str]]:
+    return _STEPS, sorted(_PATHS)
+
+
+def generate_greedy(model: str, backend: str, prompts: list[list[int]], max_tokens: int,
+                    **engine_kwargs) -> Generation:
+    """Greedy tokens for each prompt through ``vllm.LLM(attention_backend=backend)``."""
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    llm = LLM(model=model, attention_backend=backend, **{**ENGINE_DEFAULTS, **engine_kwargs})
+    try:
+        impls = sorted({name for names in llm.apply_model(attention_impls) for name in names})
+        record = backend.upper() == "ANYATTN"
+        if record:
+            llm.collective_rpc(record_anyattn_steps)
+        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True,
+                                detokenize=False)
+        outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
+                            use_tqdm=False)
+        steps, paths = llm.collective_rpc(recorded_anyattn_steps)[0] if record else ([], [])
+        return Generation(tokens=[list(o.outputs[0].token_ids) for o in outs], impls=impls,
+                          cached_tokens=[o.num_cached_tokens or 0 for o in outs],
+                          steps=[[tuple(r) for r in s] for s in steps], core_paths=list(paths))
+    finally:
+        llm.llm_engine.engine_core.shutdown()

@@ -1,0 +1,105 @@
+"""Per-step metadata: vLLM's ``CommonAttentionMetadata`` -> core's ``AttnPlan``.
+
+Every layer of a KV-cache group shares the plan built here. Plans come from
+``core.builders`` (eager steps) or ``core.graph`` (steps a full CUDA graph may replay);
+this module only chooses between them and maps vLLM's field names.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from vllm import envs
+from vllm.config import VllmConfig
+from vllm.utils.math_utils import cdiv
+from vllm.v1.attention.backend import (AttentionCGSupport, AttentionMetadataBuilder,
+                                       CommonAttentionMetadata, max_decode_query_len)
+from vllm.v1.kv_cache_interface import (AttentionSpec, CrossAttentionSpec,
+                                        EncoderOnlyAttentionSpec)
+
+from anyattn.core.builders import build_plan
+from anyattn.core.graph import GraphPlanBuffers
+from anyattn.core.plan import AttnPlan
+
+
+@dataclass
+class AnyAttnMetadata:
+    plan: AttnPlan
+    # Rows of q/k/v/output this step owns; vLLM may pad the token dimension past them.
+    num_actual_tokens: int
+
+
+class AnyAttnMetadataBuilder(AttentionMetadataBuilder[AnyAttnMetadata]):
+    # Full CUDA graphs replay uniform batches: plain decode, and speculative verify with
+    # 1 + num_speculative_tokens queries per request. A captured plan bakes in
+    # max_seqlen_q, which sizes the launch grid; ALWAYS would bake in the largest
+    # prefill and launch every decode step at that size. Mixed steps run piecewise.
+    _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.UNIFORM_BATCH
+
+    def __init__(self, kv_cache_spec: AttentionSpec, layer_names: list[str],
+                 vllm_config: VllmConfig, device: torch.device) -> None:
+        super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+        self.num_kv_heads = kv_cache_spec.num_kv_heads
+        # The builder's spec carries the kernel block size (= page size of the cache view).
+        self.page_size = kv_cache_spec.block_size
+        max_len = vllm_config.model_config.max_model_len
+        if isinstance(kv_cache_spec, CrossAttentionSpec):
+            # Cross-attention pages hold the encoder output, which may outgrow the decoder.
+            max_len = max(max_len, vllm_config.scheduler_config.max_num_encoder_input_tokens)
+        self.max_pages = kv_cache_spec.max_num_blocks_per_req(vllm_config, max_len)
+        self.encoder_only = isinstance(kv_cache_spec, EncoderOnlyAttentionSpec)
+        self.deterministic = envs.VLLM_BATCH_INVARIANT
+        self.graph_buffers = self._make_graph_buffers()
+
+    def _make_graph_buffers(self) -> GraphPlanBuffers | None:
+        compilation = self.vllm_config.compilation_config
+        if self.encoder_only or not compilation.cudagraph_mode.has_full_cudagraphs():
+            return None
+        # Capture sizes count tokens; a uniform batch has max_seqlen_q tokens per request.
+        max_seqlen_q = max_decode_query_len(self.vllm_config)
+        max_batch = min(self.vllm_config.scheduler_config.max_num_seqs,
+                        cdiv(compilation.max_cudagraph_capture_size, max_seqlen_q))
+        return GraphPlanBuffers(max_batch, self.max_pages, max_seqlen_q=max_seqlen_q,
+                                page_size=self.page_size, num_kv_heads=self.num_kv_heads,
+                                device=self.device, deterministic=self.deterministic)
+
+    def _fits_graph(self, cm: CommonAttentionMetadata) -> bool:
+        g = self.graph_buffers
+        return g is not None and cm.max_query_len <= g.max_seqlen_q and cm.num_reqs <= g.max_batch
+
+    def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,
+              fast_build: bool = False) -> AnyAttnMetadata:
+        cm = common_attn_metadata
+        if isinstance(cm.causal, torch.Tensor):
+            raise ValueError("anyattn: per-request causal flags (CommonAttentionMetadata."
+                             "causal as a tensor) are not supported")
+        if self.encoder_only:
+            # No cache: every sequence attends its own new keys, which sit in the same
+            # rows of the key tensor as its queries.
+            plan = build_plan(cm.query_start_loc, cm.seq_lens, max_seqlen_q=cm.max_query_len,
+                              max_seqlen_k=cm.max_seq_len, cu_seqlens_k=cm.query_start_loc,
+                              num_kv_heads=self.num_kv_heads, deterministic=self.deterministic)
+        elif self._fits_graph(cm):
+            # Same storage for every step of this batch size, so a captured graph replays
+            # with this step's lengths and pages. vLLM pads requests with q_len 0, seq_len 0.
+            plan = self.graph_buffers.update(
+                cm.num_reqs, cu_seqlens_q=cm.query_start_loc, seqused_k=cm.seq_lens,
+                page_table=cm.block_table_tensor[:, : self.max_pages])
+        else:
+            plan = build_plan(cm.query_start_loc, cm.seq_lens, max_seqlen_q=cm.max_query_len,
+                              max_seqlen_k=cm.max_seq_len, page_table=cm.block_table_tensor,
+                              num_kv_heads=self.num_kv_heads, deterministic=self.deterministic)
+        return AnyAttnMetadata(plan=plan, num_actual_tokens=cm.num_actual_tokens)
+
+    def build_for_cudagraph_capture(
+            self, common_attn_metadata: CommonAttentionMetadata) -> AnyAttnMetadata:
+        """A plan on the persistent graph buffers; an eager plan would leave the captured
+        graph pointing at tensors that later steps never update."""
+        if not self._fits_graph(common_attn_metadata):
+            raise ValueError(
+                f"anyattn: cannot capture a full CUDA graph for {common_attn_metadata.num_reqs} "
+                f"requests with max_query_len {common_attn_metadata.max_query_len}: the plan "
+                f"buffers hold {getattr(self.graph_buffers, 'max_batch', 0)} requests of at "
+                f"most {getattr(self.graph_buffers, 'max_seqlen_q', 0)} queries")
+        return self.build(0, common_attn_metadata)
