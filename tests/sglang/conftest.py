@@ -22,9 +22,10 @@ os.environ.setdefault("ANYATTN_IMPL", "reference")
 
 import pytest  # noqa: E402
 
-import anyattn.sglang_backend  # noqa: E402
+from sglang.srt.plugins import load_plugins  # noqa: E402
 
-anyattn.sglang_backend.register()
+# The real entry point: runs anyattn.sglang_backend:register, then applies its hooks.
+load_plugins()
 
 
 @pytest.fixture

@@ -115,13 +115,14 @@ class Scenario:
     kv_dtype: torch.dtype | None = None
     encoder_lens: tuple[int, ...] | None = None
     cross_attention: bool = False
+    configured_backend: str = "triton"  # the --attention-backend the runtime config names
     seed: int = 0
 
     def __post_init__(self) -> None:
         g = torch.Generator().manual_seed(self.seed)
         self.batch = len(self.prefix_lens)
         case = DenseAttentionCase(
-            name="anyattn", backend="triton", forward_mode=ForwardMode.EXTEND,
+            name="anyattn", backend=self.configured_backend, forward_mode=ForwardMode.EXTEND,
             num_heads=self.num_heads, num_kv_heads=self.num_kv_heads, page_size=self.page_size,
             prefix_lens=self.prefix_lens, extend_lens=self.new_lens,
             sliding_window_size=self.sliding_window)
