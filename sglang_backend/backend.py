@@ -9,8 +9,6 @@ graphs) and shared by every layer; the forwards only write K/V and call ``core.o
 """
 from __future__ import annotations
 
-import logging
-
 import torch
 
 from anyattn.core import checks
@@ -20,11 +18,9 @@ from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 from sglang.srt.layers.radix_attention import AttentionType
 from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 from sglang.srt.mem_cache.swa_memory_pool import SWAKVPool
-from sglang.srt.runtime_context import get_exec, get_spec
+from sglang.srt.runtime_context import get_exec, get_parallel, get_spec
 
 from .metadata import GraphPasses, LayoutBuilder, Pass, StepMetadata, eager_pass
-
-logger = logging.getLogger(__name__)
 
 NAME = "anyattn"
 
@@ -55,7 +51,7 @@ class AnyAttnBackend(AttentionBackend):
         self.kv_cache_dtype = model_runner.kv_cache_dtype
         self.fp8_cache = self.kv_cache_dtype in checks.FP8_DTYPES
         self.num_kv_heads = model_runner.model_config.get_num_kv_heads(
-            _attn_tp_size())
+            get_parallel().attn_tp_size)
         self.attention_chunk_size = getattr(model_runner, "attention_chunk_size", None) or 0
         self.deterministic = bool(get_exec().deterministic.enable_deterministic_inference)
         spec = get_spec()
@@ -291,8 +287,3 @@ def _descale(scale, batch: int, heads: int, device: torch.device) -> torch.Tenso
     scale = torch.as_tensor(scale, dtype=torch.float32, device=device)
     return scale.reshape(-1)[:1].expand(batch, heads) if scale.numel() == 1 else \
         scale.reshape(1, heads).expand(batch, heads)
-
-
-def _attn_tp_size() -> int:
-    from sglang.srt.runtime_context import get_parallel
-    return get_parallel().attn_tp_size

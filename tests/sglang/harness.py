@@ -246,7 +246,7 @@ class Scenario:
                 buf.copy_(saved)
 
     def run(self, backend, fb: ForwardBatch | None = None, *, init=None,
-            write_kv: bool = True) -> torch.Tensor:
+            write_kv: bool = True, **forward_kwargs) -> torch.Tensor:
         """Fresh cache, metadata (``init`` or ``init_forward_metadata``), one layer forward.
 
         ``write_kv=False`` passes no new K/V (a cross-attention layer whose encoder K/V
@@ -257,7 +257,7 @@ class Scenario:
         k, v = (self.k, self.v) if write_kv else (None, None)
         with torch.no_grad(), forward_context(ForwardContext(attn_backend=backend)):
             (init or backend.init_forward_metadata)(fb)
-            return self.layer(self.q, k, v, fb).float()
+            return self.layer(self.q, k, v, fb, **forward_kwargs).float()
 
     def close(self) -> None:
         self.runner.close()

@@ -56,3 +56,18 @@ def test_target_verify_triton_kernels(scenario_factory, monkeypatch, topk):
     theirs = s.run(s.backend("triton"))
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
     assert calls, "the Triton kernels did not run"
+
+
+@pytest.mark.parametrize("mode,topk", [(ForwardMode.EXTEND, 0), (ForwardMode.TARGET_VERIFY, 2)])
+def test_sinks_match_triton(scenario_factory, mode, topk):
+    """Attention sinks (one extra logit per head); in the cascade they join one half only."""
+    parents = TREES[2]
+    n = len(parents)
+    s = scenario_factory(mode=mode, prefix_lens=(2, 11), new_lens=(n, n), page_size=16,
+                         tree_parents=parents if topk else None,
+                         spec=Spec(topk=topk, num_draft_tokens=n, num_steps=n - 1))
+    sinks = torch.tensor([0.5, -1.0, 2.0, 0.0])
+    ours = s.run(s.backend("anyattn"), sinks=sinks)
+    theirs = s.run(s.backend("triton"), sinks=sinks)
+    torch.testing.assert_close(ours, theirs, atol=ATOL, rtol=ATOL)
+    assert (s.run(s.backend("anyattn")) - ours).abs().max() > 1e-3
