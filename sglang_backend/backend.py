@@ -22,8 +22,6 @@ from sglang.srt.runtime_context import get_exec, get_parallel, get_spec
 
 from .metadata import GraphPasses, LayoutBuilder, Pass, StepMetadata, eager_pass
 
-NAME = "anyattn"
-
 
 class AnyAttnBackend(AttentionBackend):
     """Every SGLang forward mode through ``anyattn.core`` (see ``metadata.py`` for layouts)."""
