@@ -69,6 +69,13 @@ def _arange_q(rows: int, per_row: int, device: torch.device) -> torch.Tensor:
     return torch.arange(0, (rows + 1) * per_row, per_row, dtype=torch.int32, device=device)
 
 
+def _cu_q(q_per_row: torch.Tensor | int, rows: int, device: torch.device) -> torch.Tensor:
+    """Query offsets from per-row query counts (a tensor) or one count for every row."""
+    if isinstance(q_per_row, int):
+        return _arange_q(rows, q_per_row, device)
+    return cu_seqlens(q_per_row)
+
+
 def token_rows(req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, width: int,
                offset: torch.Tensor | None = None) -> torch.Tensor:
     """Token slots ``[B, width]`` of each request, starting at column ``offset[b]`` (or 0).
@@ -110,24 +117,17 @@ class LayoutBuilder:
     def _paged(self, fb, q_per_row: torch.Tensor | int, seqused_k: torch.Tensor,
                max_q: int, max_k: int) -> Layout:
         bs = seqused_k.shape[0]
-        device = seqused_k.device
-        if isinstance(q_per_row, int):
-            cu_q = _arange_q(bs, q_per_row, device)
-        else:
-            cu_q = cu_seqlens(q_per_row)
-        return Layout(cu_q, seqused_k.to(torch.int32),
+        return Layout(_cu_q(q_per_row, bs, seqused_k.device), seqused_k.to(torch.int32),
                       self.pages(fb.req_pool_indices[:bs], max_k), max_q)
 
     def _decoder_tokens(self, fb, q_per_row: torch.Tensor | int, seqused_k: torch.Tensor,
                         max_q: int, max_k: int) -> Layout:
         """Self-attention of an encoder-decoder model: decoder tokens follow the encoder's."""
         bs = seqused_k.shape[0]
-        cu_q = (_arange_q(bs, q_per_row, seqused_k.device) if isinstance(q_per_row, int)
-                else cu_seqlens(q_per_row))
         table = token_rows(self.req_to_token, fb.req_pool_indices[:bs], max(1, max_k),
                            offset=fb.encoder_lens[:bs])
-        return Layout(cu_q, seqused_k.to(torch.int32), table.to(torch.int32), max_q,
-                      token_table=True)
+        return Layout(_cu_q(q_per_row, bs, seqused_k.device), seqused_k.to(torch.int32),
+                      table.to(torch.int32), max_q, token_table=True)
 
     # -- modes ---------------------------------------------------------------------------
     def plain(self, fb, q_lens: torch.Tensor | int, max_q: int, max_k: int, *,
@@ -199,10 +199,9 @@ class LayoutBuilder:
         """Cross-attention: every decoder token sees all of its request's encoder tokens."""
         bs = fb.batch_size
         enc = fb.encoder_lens[:bs].to(torch.int32)
-        cu_q = (_arange_q(bs, q_per_row, enc.device) if isinstance(q_per_row, int)
-                else cu_seqlens(q_per_row))
         table = token_rows(self.req_to_token, fb.req_pool_indices[:bs], max(1, max_enc))
-        return Layout(cu_q, enc, table.to(torch.int32), max_q, token_table=True)
+        return Layout(_cu_q(q_per_row, bs, enc.device), enc, table.to(torch.int32), max_q,
+                      token_table=True)
 
 
 def eager_pass(layout: Layout, *, num_kv_heads: int, max_seqlen_k: int,
