@@ -44,7 +44,8 @@ def draft_visibility(custom_mask: torch.Tensor, prefix_lens: torch.Tensor,
     True when draft token ``i`` of request ``b`` attends draft token ``j``.
     """
     if custom_mask.dim() != 1:
-        raise ValueError(f"custom_mask: expected a flattened 1-D mask, got shape {tuple(custom_mask.shape)}")
+        raise ValueError("custom_mask: expected a flattened 1-D mask, got shape "
+                         f"{tuple(custom_mask.shape)}")
     if prefix_lens.dim() != 1:
         raise ValueError(f"prefix_lens: expected [batch], got shape {tuple(prefix_lens.shape)}")
     if num_draft <= 0:

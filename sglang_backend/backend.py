@@ -36,7 +36,8 @@ class AnyAttnBackend(AttentionBackend):
             raise ValueError("anyattn: MLA models are not supported; use an MHA/GQA/MQA model")
         translator = getattr(model_runner, "kv_index_translator", None)
         if translator is not None and translator.is_translating:
-            raise ValueError("anyattn: --enable-unified-memory (translated KV ids) is not supported")
+            raise ValueError("anyattn: --enable-unified-memory (translated KV ids) is not "
+                             "supported")
         pool = model_runner.token_to_kv_pool
         if isinstance(pool, SWAKVPool):
             raise ValueError("anyattn: hybrid sliding-window KV pools are not supported; "
