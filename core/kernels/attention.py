@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..masks import MaskSpec
+from ..masks import Layout, MaskSpec
 from ..plan import AttnPlan
 from ..params import AttnParams
 from .merge import merge_splits
@@ -29,27 +29,35 @@ def _tanh(x):
 
 
 @triton.jit
-def _layout_load(Ptr, Start, b, tok, q_row, head, offs_n, k_len, in_range,
+def _layout_load(Ptr, Start, b, kvh, tok, q_row, head, offs_n, k_len, n_ok, in_range,
                  stride_r, stride_h, stride_c, cols, other,
                  LAYOUT: tl.constexpr, HEADS: tl.constexpr, HQ: tl.constexpr):
-    """Load a mask/bias tile ``[BLOCK_M, BLOCK_N]`` in one of the layouts of ``core.masks``.
+    """Load a mask/bias tile in one of the layouts of ``core.masks``.
 
-    Returns the values and where the layout describes a key (elsewhere: not visible).
+    Returns the values and where the layout describes a key (elsewhere: not visible), each
+    ``[BLOCK_M, BLOCK_N]`` or, for a key-side layout shared by the program's rows, ``[1, BLOCK_N]``
+    (one vector load instead of a pointer per element).
     """
-    mh = head // (HQ // HEADS)
     if LAYOUT == 1:  # key-side [total_k, H']
-        row = tl.load(Start + b) + offs_n
-        ptrs = Ptr + row[None, :].to(tl.int64) * stride_r + mh[:, None] * stride_h
-        ok = in_range
+        row = (tl.load(Start + b) + offs_n).to(tl.int64) * stride_r
+        if HEADS == HQ:
+            vals = tl.load(Ptr + row[None, :] + head[:, None] * stride_h, mask=in_range, other=other)
+            ok = in_range
+        else:  # one head (0) or this program's kv head for every row
+            h = kvh if HEADS > 1 else 0
+            vals = tl.load(Ptr + row + h * stride_h, mask=n_ok, other=other)[None, :]
+            ok = n_ok[None, :]
     elif LAYOUT == 2:  # query-side [total_q, H', cols]
-        ptrs = (Ptr + q_row[:, None].to(tl.int64) * stride_r + mh[:, None] * stride_h
-                + offs_n[None, :] * stride_c)
+        mh = head // (HQ // HEADS)
         ok = in_range & (offs_n[None, :] < cols)
+        vals = tl.load(Ptr + q_row[:, None].to(tl.int64) * stride_r + mh[:, None] * stride_h
+                       + offs_n[None, :] * stride_c, mask=ok, other=other)
     else:  # tree: flattened q_len x k_len block per sequence
         start = tl.load(Start + b).to(tl.int64)
-        ptrs = Ptr + start + tok[:, None].to(tl.int64) * k_len + offs_n[None, :]
         ok = in_range
-    return tl.load(ptrs, mask=ok, other=other), ok
+        vals = tl.load(Ptr + start + tok[:, None].to(tl.int64) * k_len + offs_n[None, :],
+                       mask=ok, other=other)
+    return vals, ok
 
 
 @triton.jit
@@ -74,7 +82,7 @@ def _attn_fwd(
     HAS_SINKS: tl.constexpr, HAS_K_DESCALE: tl.constexpr, HAS_V_DESCALE: tl.constexpr,
     WRITE_LSE: tl.constexpr, UPCAST: tl.constexpr,
     MASK_LAYOUT: tl.constexpr, MASK_HEADS: tl.constexpr,
-    BIAS_LAYOUT: tl.constexpr, BIAS_HEADS: tl.constexpr,
+    BIAS_LAYOUT: tl.constexpr, BIAS_HEADS: tl.constexpr, SKIP_MASKED_TILES: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -142,15 +150,23 @@ def _attn_fwd(
             visible = visible & ((window_right < 0) | (offs_n[None, :] <= q_pos[:, None] + window_right))
         if HAS_CHUNK:
             visible = visible & ((offs_n[None, :] // chunk_size) == (q_pos[:, None] // chunk_size))
+        # Mask and bias join the scores as one additive log2-domain term (-inf hides a key);
+        # a key-side layout shared by the program's rows stays a [1, BLOCK_N] vector.
+        add = tl.zeros([1, BLOCK_N], tl.float32)
         if MASK_LAYOUT != 0:
-            mvals, mok = _layout_load(Mask, MaskStart, b, tok, q_start + tok, head, offs_n, k_len,
-                                      in_range, stride_mr, stride_mh, stride_mc, mask_cols, 0,
-                                      MASK_LAYOUT, MASK_HEADS, NUM_KV_HEADS * GROUP)
-            visible = visible & mok & (mvals != 0)
-            # Skip the loads and both dots of a tile the mask hides entirely.
-            go = tl.max(tl.max(visible.to(tl.int32), 1), 0) > 0
-        else:
-            go = True
+            mvals, mok = _layout_load(Mask, MaskStart, b, kvh, tok, q_start + tok, head, offs_n,
+                                      k_len, n_ok, in_range, stride_mr, stride_mh, stride_mc,
+                                      mask_cols, 0, MASK_LAYOUT, MASK_HEADS, NUM_KV_HEADS * GROUP)
+            add = add + tl.where(mok & (mvals != 0), 0.0, float("-inf"))
+        if BIAS_LAYOUT != 0:
+            bvals, bok = _layout_load(Bias, BiasStart, b, kvh, tok, q_start + tok, head, offs_n,
+                                      k_len, n_ok, in_range, stride_br, stride_bh, stride_bc,
+                                      bias_cols, 0.0, BIAS_LAYOUT, BIAS_HEADS, NUM_KV_HEADS * GROUP)
+            add = add + tl.where(bok, bvals.to(tl.float32) * 1.4426950408889634, float("-inf"))
+        go = True
+        if SKIP_MASKED_TILES:
+            # Skip the K/V loads and both dots of a tile the mask hides entirely.
+            go = tl.max(tl.max(tl.where(visible, add, float("-inf")), 1), 0) > float("-inf")
         if go:
             if PAGED:
                 page = tl.load(PageTable + b * stride_pt + offs_n // PAGE_SIZE, mask=n_ok, other=0)
@@ -169,20 +185,12 @@ def _attn_fwd(
             else:
                 v = v.to(Q.dtype.element_ty)
             s = tl.dot(q, kt)
-            if HAS_SOFTCAP or BIAS_LAYOUT != 0:
-                s = s * scale
-                if HAS_SOFTCAP:
-                    s = softcap * _tanh(s / softcap)
-                if BIAS_LAYOUT != 0:
-                    bvals, bok = _layout_load(Bias, BiasStart, b, tok, q_start + tok, head, offs_n,
-                                              k_len, in_range, stride_br, stride_bh, stride_bc,
-                                              bias_cols, 0.0, BIAS_LAYOUT, BIAS_HEADS,
-                                              NUM_KV_HEADS * GROUP)
-                    s = s + bvals.to(tl.float32)
-                    visible = visible & bok
-                s = s * 1.4426950408889634
+            if HAS_SOFTCAP:
+                s = softcap * _tanh(s * (scale / softcap)) * 1.4426950408889634
             else:
                 s = s * (scale * 1.4426950408889634)
+            if MASK_LAYOUT != 0 or BIAS_LAYOUT != 0:
+                s = s + add
             s = tl.where(visible, s, float("-inf"))
 
             m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -251,13 +259,23 @@ def _layout_args(spec: MaskSpec | None, dummy: torch.Tensor) -> tuple:
     return t, spec.row_start, t.stride(0), t.stride(1), col_stride, cols
 
 
+def _varies_per_query(mask: MaskSpec | None, hq: int) -> bool:
+    """Tile skipping pays for masks that differ between a tile's rows (query-side, tree,
+    per-query-head); for a key-side vector the branch costs more than the skipped work."""
+    return mask is not None and (mask.layout != Layout.KEY or mask.heads == hq)
+
+
 def run_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: AttnPlan,
                   params: AttnParams, *, sinks: torch.Tensor | None,
                   k_descale: torch.Tensor | None, v_descale: torch.Tensor | None,
                   out: torch.Tensor | None, want_lse: bool,
                   mask: MaskSpec | None = None, bias: MaskSpec | None = None,
+                  cfg: dict | None = None,
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Launch the forward kernel (plus the split merge when the plan splits keys)."""
+    """Launch the forward kernel (plus the split merge when the plan splits keys).
+
+    ``cfg`` overrides :func:`tile_config` (benchmarks use it to sweep tile shapes).
+    """
     total_q, hq, d = q.shape
     hk, dv = k_cache.shape[-2], v_cache.shape[-1]
     group = hq // hk
@@ -266,7 +284,7 @@ def run_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     lse = torch.empty(hq, total_q, dtype=torch.float32, device=q.device) if want_lse else None
     if total_q == 0:
         return out, lse
-    cfg = tile_config(d, plan.max_seqlen_q * group, plan.deterministic, q.device)
+    cfg = cfg or tile_config(d, plan.max_seqlen_q * group, plan.deterministic, q.device)
     splits = plan.num_splits
     if splits > 1:
         o_part = torch.empty(splits, total_q, hq, dv, dtype=torch.float32, device=q.device)
@@ -308,6 +326,7 @@ def run_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         UPCAST=interpreting() and q.dtype == torch.bfloat16,
         MASK_LAYOUT=int(mask.layout) if mask else 0, MASK_HEADS=mask.heads if mask else 1,
         BIAS_LAYOUT=int(bias.layout) if bias else 0, BIAS_HEADS=bias.heads if bias else 1,
+        SKIP_MASKED_TILES=_varies_per_query(mask, hq),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if splits > 1:

@@ -39,7 +39,8 @@ def test_graph_replay_bitwise_equals_eager(bs, q_len):
         ops.attention(static_q, k_cache, v_cache, plan, PARAMS, out=static_out)
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    torch.cuda.set_sync_debug_mode("error")
+    replays, eagers = [], []
+    torch.cuda.set_sync_debug_mode("error")  # capture, update, replay and eager: no sync
     try:
         with torch.cuda.graph(graph):
             ops.attention(static_q, k_cache, v_cache, plan, PARAMS, out=static_out)
@@ -48,9 +49,11 @@ def test_graph_replay_bitwise_equals_eager(bs, q_len):
             bufs.update(bs, cu_seqlens_q=cu_q, seqused_k=k_lens, page_table=table)
             static_q.copy_(q)
             graph.replay()
-            eager = ops.attention(q, k_cache, v_cache, plan, PARAMS)
-            assert torch.equal(static_out, eager)
+            replays.append(static_out.clone())
+            eagers.append(ops.attention(q, k_cache, v_cache, plan, PARAMS))
     finally:
         torch.cuda.set_sync_debug_mode("default")
+    for replayed, eager in zip(replays, eagers):
+        assert torch.equal(replayed, eager)
     ref, _ = reference_attention(q, k_cache, v_cache, plan, PARAMS)
     torch.testing.assert_close(static_out.float(), ref.float(), atol=3e-2, rtol=3e-2)

@@ -1,0 +1,50 @@
+"""Sweep tile shapes for prefill 4x4K and decode 64x4K (GQA 32/8, d 128, bf16, page 16).
+
+Prints one JSON line per config; the winners go into ``core.kernels.attention.tile_config``.
+"""
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from anyattn.core.kernels.attention import run_attention
+from anyattn.core.params import AttnParams
+
+from common import emit, paged_cache, plan_for, time_ms
+
+HQ, HK, D, PAGE = 32, 8, 128, 16
+
+
+def sweep(rows, tag, batch, q_len, k_len, configs, flop_or_byte):
+    k_cache, v_cache, table = paged_cache([k_len] * batch, HK, D, PAGE)
+    q = torch.randn(batch * q_len, HQ, D, device="cuda", dtype=torch.bfloat16)
+    plan = plan_for([q_len] * batch, [k_len] * batch, table, HK)
+    params = AttnParams(softmax_scale=D ** -0.5)
+    out = torch.empty_like(q)
+    for bm, bn, w, st in configs:
+        cfg = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
+        try:
+            ms = time_ms(lambda: run_attention(q, k_cache, v_cache, plan, params, sinks=None,
+                                               k_descale=None, v_descale=None, out=out,
+                                               want_lse=False, cfg=cfg))
+            emit(rows, bench=f"tune_{tag}", shape=f"{batch}x{k_len}", impl=str(cfg), ms=ms,
+                 rate=flop_or_byte / ms / 1e9)
+        except Exception as e:
+            emit(rows, bench=f"tune_{tag}", shape=f"{batch}x{k_len}", impl=str(cfg), error=str(e)[:100])
+
+
+def main() -> None:
+    rows: list[dict] = []
+    prefill = [(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 8, 4), (128, 32, 4, 3),
+               (64, 64, 4, 3), (128, 128, 8, 2), (64, 128, 4, 3), (128, 64, 4, 3)]
+    sweep(rows, "prefill", 4, 4096, 4096, prefill, 4 * 4 * 4096 * 4096 * HQ * D / 2)
+    decode = [(16, bn, w, st) for bn, w, st in itertools.product((64, 128, 256), (4, 8), (2, 3, 4))]
+    sweep(rows, "decode", 64, 1, 4096, decode, 2 * 64 * 4096 * HK * D * 2)
+    for tag in ("prefill", "decode"):
+        best = max((r for r in rows if r["bench"] == f"tune_{tag}" and "rate" in r), key=lambda r: r["rate"])
+        print(f"best {tag}: {best['impl']} {best['rate']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
