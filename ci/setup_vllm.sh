@@ -10,7 +10,11 @@ PY=${PYTHON:-python3}
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
-pip_() { "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@"; }
+# pip warns about every missing entry of the local index mirror; keep real errors only.
+pip_() {
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@" 2>&1 \
+    | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+}
 
 constraints=$(mktemp)
 trap 'rm -f "$constraints"' EXIT
