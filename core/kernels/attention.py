@@ -61,6 +61,106 @@ def _layout_load(Ptr, Start, b, kvh, tok, q_row, head, offs_n, k_len, n_ok, in_r
 
 
 @triton.jit
+def _attn_tiles(
+    m_i, l_i, acc, q, K, V, PageTable, b, kvh, k_start, start, stop,
+    row_ok, tok, head, q_start, q_pos, k_len, scale, softcap, window_left, window_right,
+    chunk_size, stride_kp, stride_ks, stride_kh, stride_kd, stride_vp, stride_vs, stride_vh,
+    stride_vd, stride_pt, Mask, MaskStart, stride_mr, stride_mh, stride_mc, mask_cols,
+    Bias, BiasStart, stride_br, stride_bh, stride_bc, bias_cols,
+    HQ: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_DV: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, PAGED: tl.constexpr,
+    MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    HAS_CHUNK: tl.constexpr, HAS_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr,
+    MASK_LAYOUT: tl.constexpr, MASK_HEADS: tl.constexpr, BIAS_LAYOUT: tl.constexpr,
+    BIAS_HEADS: tl.constexpr, SKIP_MASKED_TILES: tl.constexpr,
+):
+    """The shared tile loop: keys ``[start, stop)`` in ``BLOCK_N`` tiles, online softmax.
+
+    ``MASKED=False`` is the bulk of a causal or full row block, where every key is visible
+    to every valid row: no predicate, no bounds on the K/V loads.
+    """
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    d_ok = offs_d < HEAD_DIM
+    dv_ok = offs_dv < HEAD_DIM_V
+    for start_n in range(start, stop, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < stop
+        in_range = row_ok[:, None] & n_ok[None, :]
+        visible = in_range
+        if IS_CAUSAL:
+            visible = visible & (offs_n[None, :] <= q_pos[:, None])
+        if HAS_WINDOW:
+            visible = visible & ((window_left < 0) | (offs_n[None, :] >= q_pos[:, None] - window_left))
+            visible = visible & ((window_right < 0) | (offs_n[None, :] <= q_pos[:, None] + window_right))
+        if HAS_CHUNK:
+            visible = visible & ((offs_n[None, :] // chunk_size) == (q_pos[:, None] // chunk_size))
+        # Mask and bias join the scores as one additive log2-domain term (-inf hides a key);
+        # a key-side layout shared by the program's rows stays a [1, BLOCK_N] vector.
+        add = tl.zeros([1, BLOCK_N], tl.float32)
+        if MASK_LAYOUT != 0:
+            mvals, mok = _layout_load(Mask, MaskStart, b, kvh, tok, q_start + tok, head, offs_n,
+                                      k_len, n_ok, in_range, stride_mr, stride_mh, stride_mc,
+                                      mask_cols, 0, MASK_LAYOUT, MASK_HEADS, HQ)
+            add = add + tl.where(mok & (mvals != 0), 0.0, float("-inf"))
+        if BIAS_LAYOUT != 0:
+            bvals, bok = _layout_load(Bias, BiasStart, b, kvh, tok, q_start + tok, head, offs_n,
+                                      k_len, n_ok, in_range, stride_br, stride_bh, stride_bc,
+                                      bias_cols, 0.0, BIAS_LAYOUT, BIAS_HEADS, HQ)
+            add = add + tl.where(bok, bvals.to(tl.float32) * 1.4426950408889634, float("-inf"))
+        go = True
+        if SKIP_MASKED_TILES:
+            # Skip the K/V loads and both dots of a tile the mask hides entirely.
+            go = tl.max(tl.max(tl.where(visible, add, float("-inf")), 1), 0) > float("-inf")
+        if go:
+            # The bulk loads need no bounds (keys exist) unless the head dim is padded.
+            bounded: tl.constexpr = MASKED or BLOCK_D != HEAD_DIM or BLOCK_DV != HEAD_DIM_V
+            if PAGED:
+                if MASKED:
+                    page = tl.load(PageTable + b * stride_pt + offs_n // PAGE_SIZE, mask=n_ok, other=0)
+                else:
+                    page = tl.load(PageTable + b * stride_pt + offs_n // PAGE_SIZE)
+                k_row = page.to(tl.int64) * stride_kp + (offs_n % PAGE_SIZE) * stride_ks
+                v_row = page.to(tl.int64) * stride_vp + (offs_n % PAGE_SIZE) * stride_vs
+            else:
+                k_row = (k_start + offs_n).to(tl.int64) * stride_ks
+                v_row = (k_start + offs_n).to(tl.int64) * stride_vs
+            k_ptrs = K + k_row[:, None] + kvh * stride_kh + offs_d[None, :] * stride_kd
+            v_ptrs = V + v_row[:, None] + kvh * stride_vh + offs_dv[None, :] * stride_vd
+            if bounded:
+                k = tl.load(k_ptrs, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+                v = tl.load(v_ptrs, mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
+            else:
+                k = tl.load(k_ptrs)
+                v = tl.load(v_ptrs)
+            k = k.to(q.dtype)
+            if UPCAST:
+                v = v.to(tl.float32)
+            else:
+                v = v.to(q.dtype)
+            s = tl.dot(q, tl.trans(k))
+            if HAS_SOFTCAP:
+                s = softcap * _tanh(s * (scale / softcap)) * 1.4426950408889634
+            else:
+                s = s * (scale * 1.4426950408889634)
+            if MASKED:
+                if MASK_LAYOUT != 0 or BIAS_LAYOUT != 0:
+                    s = s + add
+                s = tl.where(visible, s, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            else:
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                m_safe = m_new
+            p = tl.exp2(s - m_safe[:, None])
+            alpha = tl.exp2(m_i - m_safe)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+    return m_i, l_i, acc
+
+
+@triton.jit
 def _attn_fwd(
     Q, K, V, O, LSE,
     CuSeqQ, SeqUsedK, PageTable, CuSeqK, Sinks, KDescale, VDescale,
@@ -138,68 +238,33 @@ def _attn_fwd(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
 
-    for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        n_ok = offs_n < hi
-        in_range = row_ok[:, None] & n_ok[None, :]
-        visible = in_range
+    # Tiles every valid row sees whole (below the diagonal, no other predicate) skip all
+    # masking; the rest (diagonal, window, chunk, mask, bias, the ragged end) is masked.
+    bulk_hi = lo
+    if not (HAS_WINDOW or HAS_CHUNK or MASK_LAYOUT != 0 or BIAS_LAYOUT != 0):
         if IS_CAUSAL:
-            visible = visible & (offs_n[None, :] <= q_pos[:, None])
-        if HAS_WINDOW:
-            visible = visible & ((window_left < 0) | (offs_n[None, :] >= q_pos[:, None] - window_left))
-            visible = visible & ((window_right < 0) | (offs_n[None, :] <= q_pos[:, None] + window_right))
-        if HAS_CHUNK:
-            visible = visible & ((offs_n[None, :] // chunk_size) == (q_pos[:, None] // chunk_size))
-        # Mask and bias join the scores as one additive log2-domain term (-inf hides a key);
-        # a key-side layout shared by the program's rows stays a [1, BLOCK_N] vector.
-        add = tl.zeros([1, BLOCK_N], tl.float32)
-        if MASK_LAYOUT != 0:
-            mvals, mok = _layout_load(Mask, MaskStart, b, kvh, tok, q_start + tok, head, offs_n,
-                                      k_len, n_ok, in_range, stride_mr, stride_mh, stride_mc,
-                                      mask_cols, 0, MASK_LAYOUT, MASK_HEADS, NUM_KV_HEADS * GROUP)
-            add = add + tl.where(mok & (mvals != 0), 0.0, float("-inf"))
-        if BIAS_LAYOUT != 0:
-            bvals, bok = _layout_load(Bias, BiasStart, b, kvh, tok, q_start + tok, head, offs_n,
-                                      k_len, n_ok, in_range, stride_br, stride_bh, stride_bc,
-                                      bias_cols, 0.0, BIAS_LAYOUT, BIAS_HEADS, NUM_KV_HEADS * GROUP)
-            add = add + tl.where(bok, bvals.to(tl.float32) * 1.4426950408889634, float("-inf"))
-        go = True
-        if SKIP_MASKED_TILES:
-            # Skip the K/V loads and both dots of a tile the mask hides entirely.
-            go = tl.max(tl.max(tl.where(visible, add, float("-inf")), 1), 0) > float("-inf")
-        if go:
-            if PAGED:
-                page = tl.load(PageTable + b * stride_pt + offs_n // PAGE_SIZE, mask=n_ok, other=0)
-                k_row = page.to(tl.int64) * stride_kp + (offs_n % PAGE_SIZE) * stride_ks
-                v_row = page.to(tl.int64) * stride_vp + (offs_n % PAGE_SIZE) * stride_vs
-            else:
-                k_row = (k_start + offs_n).to(tl.int64) * stride_ks
-                v_row = (k_start + offs_n).to(tl.int64) * stride_vs
-            kt = tl.load(K + k_row[None, :] + kvh * stride_kh + offs_d[:, None] * stride_kd,
-                         mask=n_ok[None, :] & (offs_d[:, None] < HEAD_DIM), other=0.0)
-            v = tl.load(V + v_row[:, None] + kvh * stride_vh + offs_dv[None, :] * stride_vd,
-                        mask=n_ok[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0)
-            kt = kt.to(q.dtype)
-            if UPCAST:
-                v = v.to(tl.float32)
-            else:
-                v = v.to(Q.dtype.element_ty)
-            s = tl.dot(q, kt)
-            if HAS_SOFTCAP:
-                s = softcap * _tanh(s * (scale / softcap)) * 1.4426950408889634
-            else:
-                s = s * (scale * 1.4426950408889634)
-            if MASK_LAYOUT != 0 or BIAS_LAYOUT != 0:
-                s = s + add
-            s = tl.where(visible, s, float("-inf"))
-
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.exp2(s - m_safe[:, None])
-            alpha = tl.exp2(m_i - m_safe)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m_i = m_new
+            bulk_hi = ((pos_lo + 1) // BLOCK_N) * BLOCK_N
+        else:
+            bulk_hi = (hi // BLOCK_N) * BLOCK_N
+        bulk_hi = tl.maximum(lo, tl.minimum(bulk_hi, hi))
+    m_i, l_i, acc = _attn_tiles(
+        m_i, l_i, acc, q, K, V, PageTable, b, kvh, k_start, lo, bulk_hi,
+        row_ok, tok, head, q_start, q_pos, k_len, scale, softcap, window_left, window_right,
+        chunk_size, stride_kp, stride_ks, stride_kh, stride_kd, stride_vp, stride_vs, stride_vh,
+        stride_vd, stride_pt, Mask, MaskStart, stride_mr, stride_mh, stride_mc, mask_cols,
+        Bias, BiasStart, stride_br, stride_bh, stride_bc, bias_cols,
+        NUM_KV_HEADS * GROUP, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N, PAGE_SIZE, PAGED,
+        False, IS_CAUSAL, HAS_WINDOW, HAS_CHUNK, HAS_SOFTCAP, UPCAST,
+        MASK_LAYOUT, MASK_HEADS, BIAS_LAYOUT, BIAS_HEADS, SKIP_MASKED_TILES)
+    m_i, l_i, acc = _attn_tiles(
+        m_i, l_i, acc, q, K, V, PageTable, b, kvh, k_start, bulk_hi, hi,
+        row_ok, tok, head, q_start, q_pos, k_len, scale, softcap, window_left, window_right,
+        chunk_size, stride_kp, stride_ks, stride_kh, stride_kd, stride_vp, stride_vs, stride_vh,
+        stride_vd, stride_pt, Mask, MaskStart, stride_mr, stride_mh, stride_mc, mask_cols,
+        Bias, BiasStart, stride_br, stride_bh, stride_bc, bias_cols,
+        NUM_KV_HEADS * GROUP, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N, PAGE_SIZE, PAGED,
+        True, IS_CAUSAL, HAS_WINDOW, HAS_CHUNK, HAS_SOFTCAP, UPCAST,
+        MASK_LAYOUT, MASK_HEADS, BIAS_LAYOUT, BIAS_HEADS, SKIP_MASKED_TILES)
 
     if HAS_SINKS:
         # The sink is one more logit with no value; it joins only split 0's denominator.
