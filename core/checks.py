@@ -13,6 +13,9 @@ import torch
 from .plan import AttnPlan
 from .params import AttnParams
 
+# Head dims up to this run (others pad to the next power of two); any page size >= 1 works,
+# since pages are addressed per key.
+MAX_HEAD_DIM = 256
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
 
@@ -61,6 +64,8 @@ def check_attention_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     hk = k_cache.shape[-2]
     expect(hk > 0 and hq % hk == 0,
            f"k_cache: num_kv_heads ({hk}) must divide q's num_heads ({hq}) (GQA/MQA)")
+    expect(0 < d <= MAX_HEAD_DIM and v_cache.shape[-1] <= MAX_HEAD_DIM,
+           f"q/v_cache: head dims up to {MAX_HEAD_DIM} are supported, got {d}/{v_cache.shape[-1]}")
     expect(k_cache.shape[-1] == d,
            f"k_cache: head_dim {k_cache.shape[-1]} differs from q's head_dim {d}")
     expect(tuple(v_cache.shape[:-1]) == tuple(k_cache.shape[:-1]),

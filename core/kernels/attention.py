@@ -15,12 +15,12 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import checks
 from ..masks import Layout, MaskSpec
 from ..plan import AttnPlan
 from ..params import AttnParams
 from .merge import merge_splits
 
-LOG2E = 1.4426950408889634
 
 
 @triton.jit
@@ -76,8 +76,8 @@ def _attn_tiles(
 ):
     """The shared tile loop: keys ``[start, stop)`` in ``BLOCK_N`` tiles, online softmax.
 
-    ``MASKED=False`` is the bulk of a causal or full row block, where every key is visible
-    to every valid row: no predicate, no bounds on the K/V loads.
+    ``MASKED=False`` is the bulk of a causal or full row block, where every key exists and
+    its position is visible to every valid row: no predicate, no bounds on the K/V loads.
     """
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -143,14 +143,14 @@ def _attn_tiles(
                 s = softcap * _tanh(s * (scale / softcap)) * 1.4426950408889634
             else:
                 s = s * (scale * 1.4426950408889634)
+            if MASK_LAYOUT != 0 or BIAS_LAYOUT != 0:
+                s = s + add
             if MASKED:
-                if MASK_LAYOUT != 0 or BIAS_LAYOUT != 0:
-                    s = s + add
                 s = tl.where(visible, s, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(s, 1))
-                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            if MASKED or MASK_LAYOUT != 0 or BIAS_LAYOUT != 0:
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row may see nothing yet
             else:
-                m_new = tl.maximum(m_i, tl.max(s, 1))
                 m_safe = m_new
             p = tl.exp2(s - m_safe[:, None])
             alpha = tl.exp2(m_i - m_safe)
@@ -172,7 +172,7 @@ def _attn_fwd(
     stride_vp, stride_vs, stride_vh, stride_vd,
     stride_os, stride_ot, stride_oh, stride_od,
     stride_ls, stride_lh, stride_lt,
-    stride_pt, stride_desc,
+    stride_pt, stride_desc, stride_desc_h,
     NUM_KV_HEADS: tl.constexpr, GROUP: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -213,7 +213,7 @@ def _attn_fwd(
 
     scale = qk_scale
     if HAS_K_DESCALE:
-        scale = scale * tl.load(KDescale + b * stride_desc + kvh)
+        scale = scale * tl.load(KDescale + b * stride_desc + kvh * stride_desc_h)
 
     # Key range this tile can see, from its first and last query positions.
     pos_lo = k_len - q_len + pid_m * BLOCK_M // GROUP
@@ -238,10 +238,11 @@ def _attn_fwd(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
 
-    # Tiles every valid row sees whole (below the diagonal, no other predicate) skip all
-    # masking; the rest (diagonal, window, chunk, mask, bias, the ragged end) is masked.
+    # Tiles every valid row may see whole by position (below the diagonal) skip the position
+    # predicates and load bounds; the diagonal, windows, chunks and the ragged end are masked.
+    # Masks and bias apply in both parts (they are an additive term).
     bulk_hi = lo
-    if not (HAS_WINDOW or HAS_CHUNK or MASK_LAYOUT != 0 or BIAS_LAYOUT != 0):
+    if not (HAS_WINDOW or HAS_CHUNK):
         if IS_CAUSAL:
             bulk_hi = ((pos_lo + 1) // BLOCK_N) * BLOCK_N
         else:
@@ -280,7 +281,7 @@ def _attn_fwd(
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     if HAS_V_DESCALE:
-        out = out * tl.load(VDescale + b * stride_desc + kvh)
+        out = out * tl.load(VDescale + b * stride_desc + kvh * stride_desc_h)
     o_ptrs = (O + pid_s * stride_os + (q_start + tok)[:, None].to(tl.int64) * stride_ot
               + head[:, None] * stride_oh + offs_dv[None, :] * stride_od)
     tl.store(o_ptrs, out.to(O.dtype.element_ty),
@@ -306,7 +307,7 @@ def tile_config(head_dim: int, rows_per_seq: int, deterministic: bool, device: t
         return dict(BLOCK_M=16, BLOCK_N=32, num_warps=4, num_stages=1)
     big_d = head_dim > 128
     if deterministic or rows_per_seq > 64:
-        return dict(BLOCK_M=64 if big_d else 128, BLOCK_N=32 if big_d else 64,
+        return dict(BLOCK_M=64 if big_d else 128, BLOCK_N=32 if big_d else 128,
                     num_warps=8, num_stages=2 if big_d else 3)
     block_m = 16 if rows_per_seq <= 16 else (32 if rows_per_seq <= 32 else 64)
     return dict(BLOCK_M=block_m, BLOCK_N=64 if big_d else 128, num_warps=4,
@@ -364,8 +365,11 @@ def run_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     else:
         (ks, kh, kd), (vs, vh, vd), kp, vp = k_cache.stride(), v_cache.stride(), 0, 0
         page_size, page_table, stride_pt, cu_k = 1, plan.seqused_k, 0, plan.cu_seqlens_k
-    descale_stride = k_descale.stride(0) if k_descale is not None else (
-        v_descale.stride(0) if v_descale is not None else 0)
+    if k_descale is not None and v_descale is not None:
+        checks.expect(k_descale.stride() == v_descale.stride(),
+                      "v_descale: expected the same strides as k_descale")
+    descale = k_descale if k_descale is not None else v_descale
+    descale_strides = descale.stride() if descale is not None else (0, 0)
     window = params.window_left >= 0 or params.window_right >= 0
     dummy = plan.seqused_k
     grid = (triton.cdiv(plan.max_seqlen_q * group, cfg["BLOCK_M"]), plan.batch_size * hk, splits)
@@ -380,7 +384,7 @@ def run_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         params.window_left, params.window_right, max(params.chunk_size, 1),
         *q.stride(), kp, ks, kh, kd, vp, vs, vh, vd,
         *o_part.stride(), *(l_part.stride() if (want_lse or splits > 1) else (0, 0, 0)),
-        stride_pt, descale_stride,
+        stride_pt, *descale_strides,
         NUM_KV_HEADS=hk, GROUP=group, HEAD_DIM=d, HEAD_DIM_V=dv,
         BLOCK_D=triton.next_power_of_2(d), BLOCK_DV=triton.next_power_of_2(dv),
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], PAGE_SIZE=page_size,

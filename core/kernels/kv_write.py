@@ -5,6 +5,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ..checks import FP8_DTYPES
+from .attention import interpreting
+
 
 @triton.jit
 def _kv_write_kernel(
@@ -43,6 +46,13 @@ def _scale_tensor(scale: torch.Tensor | float | None, device: torch.device) -> t
     return torch.tensor([1.0 if scale is None else float(scale)], device=device)
 
 
+def _quantize(x: torch.Tensor, scale: torch.Tensor | float | None, dtype: torch.dtype) -> torch.Tensor:
+    x = x.float()
+    if scale is not None:
+        x = x / (scale.float().reshape(-1)[0] if isinstance(scale, torch.Tensor) else scale)
+    return x.to(dtype)
+
+
 def run_kv_write(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                  slot_mapping: torch.Tensor, k_scale: torch.Tensor | float | None,
                  v_scale: torch.Tensor | float | None) -> None:
@@ -50,6 +60,11 @@ def run_kv_write(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cach
     if n == 0:
         return
     dv = v.shape[-1]
+    if interpreting() and k_cache.dtype in FP8_DTYPES:
+        # triton 3.9's interpreter drops the rounding carry in fp32 -> fp8 (1.96 -> 1.0):
+        # quantise with torch there; the compiled kernel converts in-register.
+        k, v = _quantize(k, k_scale, k_cache.dtype), _quantize(v, v_scale, v_cache.dtype)
+        k_scale = v_scale = None
     has_scale = k_scale is not None or v_scale is not None
     ks = _scale_tensor(k_scale, k.device) if has_scale else slot_mapping
     vs = _scale_tensor(v_scale, k.device) if has_scale else slot_mapping
