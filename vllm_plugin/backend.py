@@ -12,6 +12,8 @@ import torch
 from vllm.v1.attention.backend import AttentionBackend, AttentionType, MultipleOf
 from vllm.v1.kv_cache_layout import KVCacheLayout
 
+from anyattn.core.checks import MAX_HEAD_DIM
+
 from . import BACKEND_NAME
 
 if TYPE_CHECKING:
@@ -20,9 +22,8 @@ if TYPE_CHECKING:
     from .builder import AnyAttnMetadataBuilder
     from .impl import AnyAttnImpl
 
-# The kernels pad the head dim to a power of two (masked); tl.dot needs >= 16, and past 256
-# a tile no longer fits the register file.
-HEAD_SIZES = list(range(16, 257, 8))
+# The kernels pad the head dim to a power of two (masked); tl.dot needs >= 16.
+HEAD_SIZES = list(range(16, MAX_HEAD_DIM + 1, 8))
 
 
 # Cross attention (ENCODER_DECODER) reaches the builder through vLLM's CrossAttention

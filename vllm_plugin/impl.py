@@ -89,11 +89,10 @@ class AnyAttnImpl(AttentionImpl[AnyAttnMetadata]):
         k_cache, v_cache = self._cache_views(kv_cache)
         k_descale = v_descale = None
         if self.fp8_dtype is not None:
-            # Per-tensor scales as core's [B, Hk]. Contiguous because the kernel steps the
-            # head index with an implied stride of 1 (a stride-0 view would read past it).
+            # Per-tensor scales as core's [B, Hk]: stride-0 views, no copy.
             shape = (attn_metadata.plan.batch_size, self.num_kv_heads)
-            k_descale = layer._k_scale.expand(shape).contiguous()
-            v_descale = layer._v_scale.expand(shape).contiguous()
+            k_descale = layer._k_scale.expand(shape)
+            v_descale = layer._v_scale.expand(shape)
         ops.attention(query[:n], k_cache, v_cache, attn_metadata.plan, self.params,
                       sinks=self.sinks, k_descale=k_descale, v_descale=v_descale,
                       out=output[:n])

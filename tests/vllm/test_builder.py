@@ -220,9 +220,7 @@ def test_fp8_cache_attention(vllm_config, core_path):
     torch.testing.assert_close(out[: sum(batch.q_lens)], expected, atol=2e-4, rtol=2e-4)
 
 
-@pytest.mark.parametrize("path", ["reference", pytest.param("triton", marks=pytest.mark.xfail(
-    strict=True, reason="triton 3.9's interpreter casts fp32 -> e4m3 wrong where rounding "
-    "crosses a power of two (1.97 is stored as 1.0, not 2.0); the GPU cast is right"))])
+@pytest.mark.parametrize("path", ["reference", "triton"])
 def test_fp8_cache_write(vllm_config, path, monkeypatch):
     """do_kv_cache_update stores k / k_scale, rounded to e4m3 like torch does."""
     monkeypatch.setenv("ANYATTN_IMPL", path)
