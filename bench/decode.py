@@ -15,7 +15,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from anyattn.core import ops
 from anyattn.core.params import AttnParams
 
-from common import emit, gather_dense, markdown, paged_cache, plan_for, time_ms
+from common import emit, gather_dense, graphed, markdown, paged_cache, plan_for, time_ms
 
 HQ, HK, D, PAGE = 32, 8, 128, 16
 
@@ -24,7 +24,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", default="64x4096,128x8192,16x32768,1x131072")
     ap.add_argument("--q-len", type=int, default=1)
+    ap.add_argument("--graph", action="store_true", help="time every impl as CUDA-graph replays")
     args = ap.parse_args()
+    wrap = graphed if args.graph else (lambda fn: fn)
+    mode = " [graph]" if args.graph else ""
     rows: list[dict] = []
     ql = args.q_len
     src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
@@ -41,9 +44,9 @@ def main() -> None:
         plan = plan_for([ql] * batch, [seq] * batch, table, HK)
         params = AttnParams(softmax_scale=D ** -0.5)
         out = torch.empty_like(q)
-        ms = time_ms(lambda: ops.attention(q, k_cache, v_cache, plan, params, out=out))
+        ms = time_ms(wrap(lambda: ops.attention(q, k_cache, v_cache, plan, params, out=out)))
         tag = "decode" if ql == 1 else f"verify{ql}"
-        emit(rows, bench=tag, shape=shape, impl="anyattn (paged)", ms=ms,
+        emit(rows, bench=tag + mode, shape=shape, impl="anyattn (paged)", ms=ms,
              tbps=kv_bytes / ms / 1e9, splits=plan.num_splits)
         qd = q.view(batch, ql, HQ, D).transpose(1, 2)
         kd, vd = gather_dense(k_cache, table, seq), gather_dense(v_cache, table, seq)
@@ -56,10 +59,10 @@ def main() -> None:
                     # full mask for the peer, which reads the same bytes.
                     return F.scaled_dot_product_attention(qd, kd, vd, enable_gqa=True)
             try:
-                ms = time_ms(run)
-                emit(rows, bench=tag, shape=shape, impl=name, ms=ms, tbps=kv_bytes / ms / 1e9)
+                ms = time_ms(wrap(run))
+                emit(rows, bench=tag + mode, shape=shape, impl=name, ms=ms, tbps=kv_bytes / ms / 1e9)
             except Exception as e:
-                emit(rows, bench=tag, shape=shape, impl=name, error=str(e)[:120])
+                emit(rows, bench=tag + mode, shape=shape, impl=name, error=str(e)[:120])
         del kd, vd
         torch.cuda.empty_cache()
     markdown(rows, "tbps", "TB/s")
