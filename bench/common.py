@@ -68,7 +68,7 @@ def emit(rows: list[dict], **row) -> None:
 def markdown(rows: list[dict], metric: str, unit: str) -> None:
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
     impls = list(dict.fromkeys(r["impl"] for r in rows))
-    print(f"\n| impl | " + " | ".join(shapes) + f" |  ({unit})", file=sys.stdout)
+    print("\n| impl | " + " | ".join(shapes) + f" |  ({unit})", file=sys.stdout)
     print("|---|" + "---|" * len(shapes))
     for impl in impls:
         vals = {r["shape"]: r.get(metric) for r in rows if r["impl"] == impl}

@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 
 from . import checks, masks, reference
-from .builders import build_plan, cu_seqlens
+from .builders import build_plan
 from .plan import AttnPlan
 from .params import AttnParams
 

@@ -8,7 +8,6 @@ keys, split output) are ``constexpr`` flags of the same loop.
 """
 from __future__ import annotations
 
-import math
 import os
 
 import torch

@@ -10,7 +10,6 @@ import torch
 
 from anyattn.core import ops
 from anyattn.core.params import AttnParams
-from anyattn.core.reference import reference_attention
 
 from batches import dense_attention, paged_batch
 

@@ -8,17 +8,11 @@ with those tokens. The plugin reaches the scheduler subprocesses through its ent
 """
 from __future__ import annotations
 
-import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 
+from local_server import free_port, post_json, running_server
 from tiny_llama import write_tiny_llama
 
 PROMPTS = [[1, 5, 9, 33, 7, 200, 14], [1, 100, 2, 4], [1, 17]]
@@ -61,50 +55,17 @@ def test_engine_matches_torch_native(model_path, torch_native_outputs):
         assert _logprobs(mine) == pytest.approx(_logprobs(theirs), abs=1e-4)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _post(url: str, payload: dict, timeout: float) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read())
-
-
 def test_launch_server_generate(model_path, torch_native_outputs, tmp_path):
-    port = _free_port()
-    log = open(tmp_path / "server.log", "w")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", model_path,
            "--device", "cpu", "--attention-backend", "anyattn",
            "--skip-tokenizer-init", "--dtype", "float32", "--random-seed", "0",
            "--mem-fraction-static", "0.3", "--disable-cuda-graph",
            "--host", "127.0.0.1", "--port", str(port)]
-    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
-                              start_new_session=True)
-    try:
-        deadline = time.time() + 240
-        while True:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
-                break
-            except OSError:
-                assert time.time() < deadline, "server did not come up in 240 s"
-                time.sleep(2)
+    with running_server(cmd, tmp_path / "server.log", f"{base}/health") as server:
         for prompt, expected in zip(PROMPTS, torch_native_outputs):
-            answer = _post(f"http://127.0.0.1:{port}/generate",
-                           {"input_ids": prompt, "sampling_params": SAMPLING}, timeout=120)
+            answer = post_json(f"{base}/generate",
+                               {"input_ids": prompt, "sampling_params": SAMPLING})
             assert answer["output_ids"] == expected["output_ids"]
-    finally:
-        # The server runs in its own session: stop exactly that process group.
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
     assert server.returncode is not None

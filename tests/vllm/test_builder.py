@@ -4,7 +4,6 @@ Triton kernels under the interpreter."""
 from __future__ import annotations
 
 import copy
-import math
 import pickle
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from vllm.v1.kv_cache_interface import (CrossAttentionSpec, EncoderOnlyAttention
                                         FullAttentionSpec)
 
 from anyattn.vllm_plugin import BACKEND_PATH, backend_enum_member
+from oracle import dense_attention
 from anyattn.vllm_plugin.backend import AnyAttnBackend
 from anyattn.vllm_plugin.builder import AnyAttnMetadataBuilder
 from anyattn.vllm_plugin.impl import AnyAttnImpl
@@ -69,26 +69,9 @@ def kv_cache(layout: str, dtype=torch.float32) -> torch.Tensor:
 
 def oracle(q, k, v, *, causal=True, window=(-1, -1), softcap=0.0, sinks=None):
     """Dense attention of q [Tq, HQ, D] over k/v [Tk, HK, D]; queries are the last Tq keys."""
-    tq, tk = q.shape[0], k.shape[0]
-    kk = k.double().repeat_interleave(HQ // HK, dim=1)
-    vv = v.double().repeat_interleave(HQ // HK, dim=1)
-    s = torch.einsum("qhd,khd->hqk", q.double(), kk) * SCALE
-    if softcap:
-        s = softcap * torch.tanh(s / softcap)
-    qp = torch.arange(tq)[:, None] + (tk - tq)
-    kp = torch.arange(tk)[None, :]
-    ok = torch.ones(tq, tk, dtype=torch.bool)
-    if causal:
-        ok &= kp <= qp
-    if window[0] >= 0:
-        ok &= kp >= qp - window[0]
-    if window[1] >= 0:
-        ok &= kp <= qp + window[1]
-    s = s.masked_fill(~ok, -math.inf)
-    if sinks is not None:
-        s = torch.cat([s, sinks.double()[:, None, None].expand(HQ, tq, 1)], dim=-1)
-    p = torch.softmax(s, dim=-1)[..., :tk]
-    return torch.einsum("hqk,khd->qhd", p, vv).float()
+    out, _ = dense_attention(q, k, v, scale=SCALE, causal=causal, window=window,
+                             softcap=softcap, sinks=sinks)
+    return out.float()
 
 
 class Batch:

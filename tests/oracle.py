@@ -1,0 +1,44 @@
+"""The dense float64 oracle every attention test ends at: plain softmax, nothing clever."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def dense_attention(q, k, v, *, scale, causal=True, window=(-1, -1), chunk=0, softcap=0.0,
+                    sinks=None, mask=None, bias=None):
+    """Naive float64 softmax attention of one sequence: q [Lq, Hq, D], k/v [Lk, Hk, D].
+
+    ``mask`` (bool) / ``bias`` (float) are dense ``[Hq, Lq, Lk]``.
+    """
+    lq, hq, _ = q.shape
+    lk, hk, _ = k.shape
+    g = hq // hk
+    k = k.double().repeat_interleave(g, 1)
+    v = v.double().repeat_interleave(g, 1)
+    s = torch.einsum("qhd,khd->hqk", q.double(), k) * scale
+    if softcap:
+        s = softcap * torch.tanh(s / softcap)
+    qp = torch.arange(lq)[:, None] + (lk - lq)
+    kp = torch.arange(lk)[None, :]
+    ok = torch.ones(lq, lk, dtype=torch.bool)
+    if causal:
+        ok &= kp <= qp
+    if window[0] >= 0:
+        ok &= kp >= qp - window[0]
+    if window[1] >= 0:
+        ok &= kp <= qp + window[1]
+    if chunk:
+        ok &= (kp // chunk) == (qp // chunk)
+    if bias is not None:
+        s = s + bias.double()
+    if mask is not None:
+        ok = ok & mask
+    s = s.masked_fill(~ok, -math.inf)
+    if sinks is not None:
+        s = torch.cat([s, sinks.double()[:, None, None].expand(hq, lq, 1)], -1)
+        v = torch.cat([v, torch.zeros(1, hq, v.shape[-1], dtype=v.dtype)], 0)
+    lse = torch.logsumexp(s, -1)
+    p = torch.exp(s - lse[..., None]).nan_to_num(0.0)
+    return torch.einsum("hqk,khd->qhd", p, v), lse
