@@ -11,3 +11,4 @@ python3 decode.py --graph --shapes 1x1024,1x4096,8x1024,8x4096,64x4096,1x131072
 python3 prefill.py "$@"
 python3 masks.py
 python3 long_context.py
+python3 varlen.py

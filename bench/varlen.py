@@ -1,0 +1,48 @@
+"""Varlen prefill and extend-with-prefix against one sequence of the same token count.
+
+Target (issue 6): within 10% of the single sequence's TFLOP/s. GQA 32/8, d 128, bf16,
+page 16 in random order; FLOPs count only the visible (causal) part of each sequence.
+"""
+from __future__ import annotations
+
+import torch
+
+from anyattn.core import ops
+from anyattn.core.params import AttnParams
+
+from common import emit, markdown, paged_cache, plan_for, time_ms
+
+HQ, HK, D, PAGE = 32, 8, 128, 16
+
+
+def causal_flops(q_len: int, k_len: int) -> float:
+    # Query i (0-based, last q_len of k_len keys) sees k_len - q_len + i + 1 keys.
+    visible = q_len * (k_len - q_len) + q_len * (q_len + 1) / 2
+    return 4 * visible * HQ * D
+
+
+def run(rows, name, q_lens, k_lens):
+    k_cache, v_cache, table = paged_cache(k_lens, HK, D, PAGE)
+    q = torch.randn(sum(q_lens), HQ, D, device="cuda", dtype=torch.bfloat16)
+    plan = plan_for(q_lens, k_lens, table, HK)
+    params = AttnParams(softmax_scale=D ** -0.5)
+    out = torch.empty_like(q)
+    ms = time_ms(lambda: ops.attention(q, k_cache, v_cache, plan, params, out=out))
+    flops = sum(causal_flops(a, b) for a, b in zip(q_lens, k_lens))
+    emit(rows, bench="varlen", shape=name, impl="anyattn (paged)", ms=ms, tflops=flops / ms / 1e9,
+         tokens=sum(q_lens))
+
+
+def main() -> None:
+    rows: list[dict] = []
+    run(rows, "1 x 16384", [16384], [16384])
+    mixed = [8192, 4096, 2048, 1024, 512, 256, 128, 64, 32, 32, 16, 16, 8, 8, 4, 4]
+    run(rows, f"{len(mixed)} mixed, {sum(mixed)} tokens", mixed, mixed)
+    run(rows, "4 x (2048 new + 6144 prefix)", [2048] * 4, [8192] * 4)
+    run(rows, "1 x 8192", [8192], [8192])
+    run(rows, "1 x (8192 new + 8192 prefix)", [8192], [16384])
+    markdown(rows, "tflops", "TFLOP/s")
+
+
+if __name__ == "__main__":
+    main()
