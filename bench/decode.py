@@ -1,7 +1,9 @@
 """Decode bandwidth (TB/s of K+V read): anyattn split-KV on a paged cache vs dense peers.
 
 GQA 32/8, head dim 128, bf16, page 16 in random order; one query per sequence (or
-``--q-len`` > 1 for speculative verify). Peers: cuDNN SDPA and torch flash on dense tensors.
+``--q-len`` > 1 for speculative verify). Peers: vLLM's Triton unified attention on the same
+paged cache (when bench/fetch_peers.sh filled .peers; split-KV below its batch threshold, as
+in vLLM), cuDNN SDPA and torch flash on dense tensors.
 Usage: python bench/decode.py [--shapes 64x4096,...] [--q-len 1]
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ from anyattn.core import ops
 from anyattn.core.params import AttnParams
 
 from common import emit, gather_dense, graphed, markdown, paged_cache, plan_for, time_ms
+from peers import VLLM_UNIFIED, vllm_unified_call, vllm_unified_or_skip
 
 HQ, HK, D, PAGE = 32, 8, 128, 16
 
@@ -30,6 +33,8 @@ def main() -> None:
     mode = " [graph]" if args.graph else ""
     rows: list[dict] = []
     ql = args.q_len
+    tag = "decode" if ql == 1 else f"verify{ql}"
+    vllm_kernel = vllm_unified_or_skip(tag + mode)
     src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
     ms = time_ms(lambda: dst.copy_(src))
@@ -45,9 +50,16 @@ def main() -> None:
         params = AttnParams(softmax_scale=D ** -0.5)
         out = torch.empty_like(q)
         ms = time_ms(wrap(lambda: ops.attention(q, k_cache, v_cache, plan, params, out=out)))
-        tag = "decode" if ql == 1 else f"verify{ql}"
         emit(rows, bench=tag + mode, shape=shape, impl="anyattn (paged)", ms=ms,
              tbps=kv_bytes / ms / 1e9, splits=plan.num_splits)
+        if vllm_kernel is not None:
+            try:
+                ms = time_ms(wrap(vllm_unified_call(vllm_kernel, q, k_cache, v_cache, table,
+                                                    [ql] * batch, [seq] * batch, D ** -0.5, out)))
+                emit(rows, bench=tag + mode, shape=shape, impl=VLLM_UNIFIED, ms=ms,
+                     tbps=kv_bytes / ms / 1e9)
+            except Exception as e:
+                emit(rows, bench=tag + mode, shape=shape, impl=VLLM_UNIFIED, error=str(e)[:120])
         qd = q.view(batch, ql, HQ, D).transpose(1, 2)
         kd, vd = gather_dense(k_cache, table, seq), gather_dense(v_cache, table, seq)
         del k_cache, v_cache

@@ -1,7 +1,8 @@
 """Causal prefill throughput (TFLOP/s): anyattn on a paged cache vs dense peers, one run.
 
-GQA 32/8, head dim 128, bf16, page 16 with pages in random order. Peers: cuDNN SDPA and
-torch flash (FA2) through SDPA on dense contiguous tensors, FlexAttention (compiled).
+GQA 32/8, head dim 128, bf16, page 16 with pages in random order. Peers: vLLM's Triton
+unified attention on the same paged cache (when bench/fetch_peers.sh filled .peers), cuDNN
+SDPA and torch flash (FA2) through SDPA on dense contiguous tensors, FlexAttention (compiled).
 Usage: python bench/prefill.py [--shapes 16x1024,4x4096] [--no-flex]
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from anyattn.core import ops
 from anyattn.core.params import AttnParams
 
 from common import emit, gather_dense, markdown, paged_cache, plan_for, time_ms
+from peers import VLLM_UNIFIED, vllm_unified_call, vllm_unified_or_skip
 
 HQ, HK, D, PAGE = 32, 8, 128, 16
 
@@ -40,6 +42,7 @@ def main() -> None:
     ap.add_argument("--no-flex", action="store_true")
     args = ap.parse_args()
     rows: list[dict] = []
+    vllm_kernel = vllm_unified_or_skip("prefill")
     for shape in args.shapes.split(","):
         batch, seq = (int(x) for x in shape.split("x"))
         flops = 4 * batch * seq * seq * HQ * D / 2
@@ -51,6 +54,14 @@ def main() -> None:
         ms = time_ms(lambda: ops.attention(q, k_cache, v_cache, plan, params, out=out))
         emit(rows, bench="prefill", shape=shape, impl="anyattn (paged)", ms=ms,
              tflops=flops / ms / 1e9)
+        if vllm_kernel is not None:
+            try:
+                ms = time_ms(vllm_unified_call(vllm_kernel, q, k_cache, v_cache, table,
+                                               [seq] * batch, [seq] * batch, D ** -0.5, out))
+                emit(rows, bench="prefill", shape=shape, impl=VLLM_UNIFIED, ms=ms,
+                     tflops=flops / ms / 1e9)
+            except Exception as e:
+                emit(rows, bench="prefill", shape=shape, impl=VLLM_UNIFIED, error=str(e)[:120])
         qd = q.view(batch, seq, HQ, D).transpose(1, 2).contiguous()
         kd, vd = gather_dense(k_cache, table, seq), gather_dense(v_cache, table, seq)
         kx, vx = (t.repeat_interleave(HQ // HK, 1) for t in (kd, vd))
