@@ -1,14 +1,27 @@
 #!/usr/bin/env bash
 # Every device benchmark in one go (H100: about 7 minutes). One JSON line per figure on
-# stdout; Markdown tables after each script. Usage: bash bench/run_all.sh [--no-flex]
+# stdout; Markdown tables after each script. The JSON lines also go to $OUT/bench.jsonl
+# (bench/out/ without $OUT) and bench/chart.py draws one PNG per bench next to it.
+# vLLM's Triton kernel joins prefill/decode when .peers exists (bench/fetch_peers.sh).
+# Usage: bash bench/run_all.sh [--no-flex]
 set -euo pipefail
+OUTDIR=$(realpath -m "${OUT:-$(dirname "$0")/out}")
 cd "$(dirname "$0")"
-python3 decode.py
-python3 decode.py --q-len 4 --shapes 64x4096,16x32768
-python3 decode.py --q-len 8 --shapes 64x4096,16x32768
-python3 decode.py --shapes 1x1024,1x4096,8x1024,8x4096
-python3 decode.py --graph --shapes 1x1024,1x4096,8x1024,8x4096,64x4096,1x131072
-python3 prefill.py "$@"
-python3 masks.py
-python3 long_context.py
-python3 varlen.py
+mkdir -p "$OUTDIR"
+JSONL=$OUTDIR/bench.jsonl
+: > "$JSONL"
+
+run() {  # python3 SCRIPT ARGS..., its JSON lines appended to $JSONL as they come
+  python3 "$@" | awk -v jsonl="$JSONL" '/^\{/ { print >> jsonl; fflush(jsonl) } { print; fflush() }'
+}
+
+run decode.py
+run decode.py --q-len 4 --shapes 64x4096,16x32768
+run decode.py --q-len 8 --shapes 64x4096,16x32768
+run decode.py --shapes 1x1024,1x4096,8x1024,8x4096
+run decode.py --graph --shapes 1x1024,1x4096,8x1024,8x4096,64x4096,1x131072
+run prefill.py "$@"
+run masks.py
+run long_context.py
+run varlen.py
+python3 chart.py "$JSONL" --out "$OUTDIR"
