@@ -35,13 +35,6 @@ def page_table_from_token_table(token_table: torch.Tensor, page_size: int) -> to
     return (token_table[:, ::page_size] // page_size).to(torch.int32)
 
 
-def slot_mapping_from_pages(page_table: torch.Tensor, positions: torch.Tensor,
-                            batch_index: torch.Tensor, page_size: int) -> torch.Tensor:
-    """Cache slot of each token given its sequence and position: ``page * page_size + offset``."""
-    pages = page_table[batch_index.long(), (positions // page_size).long()]
-    return pages.long() * page_size + positions % page_size
-
-
 @functools.lru_cache(maxsize=None)
 def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
@@ -98,14 +91,3 @@ def build_plan(cu_seqlens_q: torch.Tensor, seqused_k: torch.Tensor, *, max_seqle
         num_splits=int(num_splits),
         deterministic=deterministic,
     )
-
-
-def build_decode_plan(seqused_k: torch.Tensor, page_table: torch.Tensor, *, max_seqlen_k: int,
-                      num_kv_heads: int, num_splits: int | None = None,
-                      deterministic: bool = False) -> AttnPlan:
-    """One query token per sequence against a paged cache."""
-    batch = seqused_k.shape[0]
-    cu_q = torch.arange(batch + 1, dtype=torch.int32, device=seqused_k.device)
-    return build_plan(cu_q, seqused_k, max_seqlen_q=1, max_seqlen_k=max_seqlen_k,
-                      page_table=page_table, num_kv_heads=num_kv_heads,
-                      num_splits=num_splits, deterministic=deterministic)
