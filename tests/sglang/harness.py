@@ -116,6 +116,7 @@ class Scenario:
     encoder_lens: tuple[int, ...] | None = None
     cross_attention: bool = False
     configured_backend: str = "triton"  # the --attention-backend the runtime config names
+    attention_chunk: int = 0  # Llama-4 attention_chunk_size; the layer then uses iRoPE
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -127,14 +128,17 @@ class Scenario:
             prefix_lens=self.prefix_lens, extend_lens=self.new_lens,
             sliding_window_size=self.sliding_window)
         self.runner = Runner(case, spec=self.spec, dtype=self.dtype, kv_dtype=self.kv_dtype)
+        self.runner.attention_chunk_size = self.attention_chunk or None
         self.layer = RadixAttention(
             num_heads=self.num_heads, head_dim=HEAD_DIM, scaling=HEAD_DIM ** -0.5,
             num_kv_heads=self.num_kv_heads, layer_id=0, logit_cap=self.logit_cap,
             sliding_window_size=self.sliding_window if self.sliding_window is not None else -1,
-            is_cross_attention=self.cross_attention)
+            is_cross_attention=self.cross_attention, use_irope=self.attention_chunk > 0)
         if self.kv_dtype is not None:
-            self.layer.k_scale = torch.tensor(0.5)
-            self.layer.v_scale = torch.tensor(0.25)
+            # Both forms SGLang's BaseKVCacheMethod leaves on a layer: tensors (the pool's
+            # write divides by them) and floats (SGLang's Triton backend reads with them).
+            self.layer.k_scale, self.layer.k_scale_float = torch.tensor(0.5), 0.5
+            self.layer.v_scale, self.layer.v_scale_float = torch.tensor(0.25), 0.25
         self._layout(random.Random(self.seed))
         total_new = sum(self.new_lens)
         hk, hq = self.num_kv_heads, self.num_heads
@@ -250,11 +254,12 @@ class Scenario:
         """Fresh cache, metadata (``init`` or ``init_forward_metadata``), one layer forward.
 
         ``write_kv=False`` passes no new K/V (a cross-attention layer whose encoder K/V
-        are already cached).
+        are already cached). K/V are copied: with an fp8 pool, SGLang's ``set_kv_buffer``
+        divides them by the layer's scales in place.
         """
         self.reset_cache()
         fb = fb or self.forward_batch()
-        k, v = (self.k, self.v) if write_kv else (None, None)
+        k, v = (self.k.clone(), self.v.clone()) if write_kv else (None, None)
         with torch.no_grad(), forward_context(ForwardContext(attn_backend=backend)):
             (init or backend.init_forward_metadata)(fb)
             return self.layer(self.q, k, v, fb, **forward_kwargs).float()
