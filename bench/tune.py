@@ -1,9 +1,12 @@
-"""Sweep tile shapes for prefill 4x4K and decode 64x4K (GQA 32/8, d 128, bf16, page 16).
+"""Sweep tile shapes for prefill (4x4K by default) and decode 64x4K (GQA 32/8, d 128, bf16,
+page 16).
 
 Prints one JSON line per config; the winners go into ``core.kernels.attention.tile_config``.
+Usage: python bench/tune.py [--prefill-shapes 4x4096,16x1024] [--no-decode]
 """
 from __future__ import annotations
 
+import argparse
 import itertools
 
 import torch
@@ -35,15 +38,24 @@ def sweep(rows, tag, batch, q_len, k_len, configs, flop_or_byte):
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prefill-shapes", default="4x4096")
+    ap.add_argument("--no-decode", action="store_true")
+    args = ap.parse_args()
     rows: list[dict] = []
     prefill = [(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 8, 4), (128, 32, 4, 3),
                (64, 64, 4, 3), (128, 128, 8, 2), (64, 128, 4, 3), (128, 64, 4, 3)]
-    sweep(rows, "prefill", 4, 4096, 4096, prefill, 4 * 4 * 4096 * 4096 * HQ * D / 2)
-    decode = [(16, bn, w, st) for bn, w, st in itertools.product((64, 128, 256), (4, 8), (2, 3, 4))]
-    sweep(rows, "decode", 64, 1, 4096, decode, 2 * 64 * 4096 * HK * D * 2)
-    for tag in ("prefill", "decode"):
-        best = max((r for r in rows if r["bench"] == f"tune_{tag}" and "rate" in r), key=lambda r: r["rate"])
-        print(f"best {tag}: {best['impl']} {best['rate']:.2f}")
+    for shape in args.prefill_shapes.split(","):
+        batch, seq = (int(x) for x in shape.split("x"))
+        sweep(rows, "prefill", batch, seq, seq, prefill, 4 * batch * seq * seq * HQ * D / 2)
+    if not args.no_decode:
+        decode = [(16, bn, w, st) for bn, w, st in itertools.product((64, 128, 256), (4, 8), (2, 3, 4))]
+        sweep(rows, "decode", 64, 1, 4096, decode, 2 * 64 * 4096 * HK * D * 2)
+    for r in rows:
+        r.setdefault("rate", 0.0)
+    for key in dict.fromkeys((r["bench"], r["shape"]) for r in rows):
+        best = max((r for r in rows if (r["bench"], r["shape"]) == key), key=lambda r: r["rate"])
+        print(f"best {key[0]} {key[1]}: {best['impl']} {best['rate']:.2f}")
 
 
 if __name__ == "__main__":

@@ -51,6 +51,8 @@ def check_attention_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     """Validate q/cache/plan agreement; raises ValueError before anything runs."""
     check_rank("q", q, 3, "[total_q, num_heads, head_dim]")
     expect(q.dtype in FLOAT_DTYPES, f"q: expected float16, bfloat16 or float32, got {q.dtype}")
+    expect(params.softmax_scale > 0,
+           f"softmax_scale: expected a positive float, got {params.softmax_scale}")
     cache_rank, layout = (4, "[num_pages, page_size, num_kv_heads, head_dim]") if plan.paged \
         else (3, "[total_k, num_kv_heads, head_dim]")
     check_rank("k_cache", k_cache, cache_rank, layout)

@@ -28,24 +28,18 @@ def _tanh(x):
 
 
 @triton.jit
-def _layout_load(Ptr, Start, b, kvh, tok, q_row, head, offs_n, k_len, n_ok, in_range,
+def _layout_load(Ptr, Start, b, tok, q_row, head, offs_n, k_len, in_range,
                  stride_r, stride_h, stride_c, cols, other,
                  LAYOUT: tl.constexpr, HEADS: tl.constexpr, HQ: tl.constexpr):
-    """Load a mask/bias tile in one of the layouts of ``core.masks``.
+    """Load a ``[BLOCK_M, BLOCK_N]`` mask/bias tile whose values differ between rows (layouts of
+    ``core.masks``: key-side per query head, query-side, tree).
 
-    Returns the values and where the layout describes a key (elsewhere: not visible), each
-    ``[BLOCK_M, BLOCK_N]`` or, for a key-side layout shared by the program's rows, ``[1, BLOCK_N]``
-    (one vector load instead of a pointer per element).
+    Returns the values and where the layout describes a key (elsewhere: not visible).
     """
-    if LAYOUT == 1:  # key-side [total_k, H']
+    if LAYOUT == 1:  # key-side [total_k, Hq]
         row = (tl.load(Start + b) + offs_n).to(tl.int64) * stride_r
-        if HEADS == HQ:
-            vals = tl.load(Ptr + row[None, :] + head[:, None] * stride_h, mask=in_range, other=other)
-            ok = in_range
-        else:  # one head (0) or this program's kv head for every row
-            h = kvh if HEADS > 1 else 0
-            vals = tl.load(Ptr + row + h * stride_h, mask=n_ok, other=other)[None, :]
-            ok = n_ok[None, :]
+        vals = tl.load(Ptr + row[None, :] + head[:, None] * stride_h, mask=in_range, other=other)
+        ok = in_range
     elif LAYOUT == 2:  # query-side [total_q, H', cols]
         mh = head // (HQ // HEADS)
         ok = in_range & (offs_n[None, :] < cols)
@@ -57,6 +51,41 @@ def _layout_load(Ptr, Start, b, kvh, tok, q_row, head, offs_n, k_len, n_ok, in_r
         vals = tl.load(Ptr + start + tok[:, None].to(tl.int64) * k_len + offs_n[None, :],
                        mask=ok, other=other)
     return vals, ok
+
+
+# Raw score given to keys a key-side mask hides: finite, so it can pass through a matmul.
+KEY_HIDDEN = tl.constexpr(-1.0e30)
+
+
+@triton.jit
+def _key_vector(Mask, mask_row0, stride_mr, stride_mh, Bias, bias_row0, stride_br, stride_bh,
+                kvh, offs_n, n_ok, inv_scale,
+                MASK_SHARED: tl.constexpr, MASK_HEADS: tl.constexpr,
+                BIAS_SHARED: tl.constexpr, BIAS_HEADS: tl.constexpr):
+    """The term of key-side layouts that every row of the program shares (one head, or one
+    per kv head), in raw score units (before the softmax scale): ``bias / scale``, and
+    ``KEY_HIDDEN`` where the mask hides a key (a -inf bias hides it too)."""
+    vec = tl.zeros(offs_n.shape, tl.float32)
+    if BIAS_SHARED:
+        row = (bias_row0 + offs_n).to(tl.int64) * stride_br
+        h = kvh if BIAS_HEADS > 1 else 0
+        vec = tl.load(Bias + row + h * stride_bh, mask=n_ok, other=0.0).to(tl.float32) * inv_scale
+    if MASK_SHARED:
+        row = (mask_row0 + offs_n).to(tl.int64) * stride_mr
+        h = kvh if MASK_HEADS > 1 else 0
+        keep = tl.load(Mask + row + h * stride_mh, mask=n_ok, other=0)
+        vec = tl.where(keep != 0, vec, KEY_HIDDEN)
+    return tl.maximum(vec, KEY_HIDDEN)
+
+
+@triton.jit
+def _key_operand(vec, KEY_DTYPE: tl.constexpr):
+    """``[16, BLOCK_N]`` matmul operand whose rows 0 and 1 hold ``vec`` split into a high and
+    a low part (16 mantissa bits together in bf16); the other rows are zero."""
+    kk = tl.arange(0, 16)[:, None]
+    hi = vec.to(KEY_DTYPE)
+    lo = (vec - hi.to(tl.float32)).to(KEY_DTYPE)
+    return tl.where(kk == 0, hi[None, :], tl.where(kk == 1, lo[None, :], 0.0)).to(KEY_DTYPE)
 
 
 @triton.jit
@@ -71,17 +100,39 @@ def _attn_tiles(
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HAS_CHUNK: tl.constexpr, HAS_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr,
     MASK_LAYOUT: tl.constexpr, MASK_HEADS: tl.constexpr, BIAS_LAYOUT: tl.constexpr,
-    BIAS_HEADS: tl.constexpr, SKIP_MASKED_TILES: tl.constexpr,
+    BIAS_HEADS: tl.constexpr, SKIP_MASKED_TILES: tl.constexpr, KEY_DTYPE: tl.constexpr,
 ):
     """The shared tile loop: keys ``[start, stop)`` in ``BLOCK_N`` tiles, online softmax.
 
     ``MASKED=False`` is the bulk of a causal or full row block, where every key exists and
     its position is visible to every valid row: no predicate, no bounds on the K/V loads.
+    A key-side mask/bias that all rows share is a vector loaded one tile ahead (at the end of
+    the previous tile, behind its asynchronous P @ V) and added to the scores by a k=16
+    matmul. Layouts that vary per row join the scaled scores as an additive log2-domain term
+    (-inf hides a key).
     """
+    MASK_SHARED: tl.constexpr = MASK_LAYOUT == 1 and MASK_HEADS != HQ
+    BIAS_SHARED: tl.constexpr = BIAS_LAYOUT == 1 and BIAS_HEADS != HQ
+    MASK_ROWS: tl.constexpr = MASK_LAYOUT != 0 and not MASK_SHARED
+    BIAS_ROWS: tl.constexpr = BIAS_LAYOUT != 0 and not BIAS_SHARED
+    KEY_SHARED: tl.constexpr = MASK_SHARED or BIAS_SHARED
+    HAS_ADD: tl.constexpr = MASK_LAYOUT != 0 or BIAS_LAYOUT != 0
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     d_ok = offs_d < HEAD_DIM
     dv_ok = offs_dv < HEAD_DIM_V
+    if KEY_SHARED:
+        # ones[BLOCK_M, 16] @ operand[16, BLOCK_N] broadcasts the key vector onto the scores
+        # inside the matmul unit: no per-thread copy of the vector, no layout conversion.
+        ones = (tl.zeros([q.shape[0], 16], tl.float32)
+                + tl.where(tl.arange(0, 16)[None, :] < 2, 1.0, 0.0)).to(KEY_DTYPE)
+        mask_row0 = tl.load(MaskStart + b) if MASK_SHARED else 0
+        bias_row0 = tl.load(BiasStart + b) if BIAS_SHARED else 0
+        inv_scale = 1.0 / scale
+        offs_n = start + tl.arange(0, BLOCK_N)
+        key_vec = _key_vector(Mask, mask_row0, stride_mr, stride_mh, Bias, bias_row0, stride_br,
+                              stride_bh, kvh, offs_n, offs_n < stop, inv_scale,
+                              MASK_SHARED, MASK_HEADS, BIAS_SHARED, BIAS_HEADS)
     for start_n in range(start, stop, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_ok = offs_n < stop
@@ -94,17 +145,15 @@ def _attn_tiles(
             visible = visible & ((window_right < 0) | (offs_n[None, :] <= q_pos[:, None] + window_right))
         if HAS_CHUNK:
             visible = visible & ((offs_n[None, :] // chunk_size) == (q_pos[:, None] // chunk_size))
-        # Mask and bias join the scores as one additive log2-domain term (-inf hides a key);
-        # a key-side layout shared by the program's rows stays a [1, BLOCK_N] vector.
         add = tl.zeros([1, BLOCK_N], tl.float32)
-        if MASK_LAYOUT != 0:
-            mvals, mok = _layout_load(Mask, MaskStart, b, kvh, tok, q_start + tok, head, offs_n,
-                                      k_len, n_ok, in_range, stride_mr, stride_mh, stride_mc,
+        if MASK_ROWS:
+            mvals, mok = _layout_load(Mask, MaskStart, b, tok, q_start + tok, head, offs_n,
+                                      k_len, in_range, stride_mr, stride_mh, stride_mc,
                                       mask_cols, 0, MASK_LAYOUT, MASK_HEADS, HQ)
             add = add + tl.where(mok & (mvals != 0), 0.0, float("-inf"))
-        if BIAS_LAYOUT != 0:
-            bvals, bok = _layout_load(Bias, BiasStart, b, kvh, tok, q_start + tok, head, offs_n,
-                                      k_len, n_ok, in_range, stride_br, stride_bh, stride_bc,
+        if BIAS_ROWS:
+            bvals, bok = _layout_load(Bias, BiasStart, b, tok, q_start + tok, head, offs_n,
+                                      k_len, in_range, stride_br, stride_bh, stride_bc,
                                       bias_cols, 0.0, BIAS_LAYOUT, BIAS_HEADS, HQ)
             add = add + tl.where(bok, bvals.to(tl.float32) * 1.4426950408889634, float("-inf"))
         go = True
@@ -138,24 +187,40 @@ def _attn_tiles(
             else:
                 v = v.to(q.dtype)
             s = tl.dot(q, tl.trans(k))
+            # Scores stay in raw units through soft-cap and the key-side term; the softmax
+            # scale (log2 domain) is applied inside the max and the exponent (one fused
+            # multiply-add per score) unless a per-row term is added first.
             if HAS_SOFTCAP:
-                s = softcap * _tanh(s * (scale / softcap)) * 1.4426950408889634
+                s = (softcap / scale) * _tanh(s * (scale / softcap))
+            if KEY_SHARED:
+                s = tl.dot(ones, _key_operand(key_vec, KEY_DTYPE), s)
+            if MASK_ROWS or BIAS_ROWS:
+                s = s * (scale * 1.4426950408889634) + add
+                s_mul = 1.0
             else:
-                s = s * (scale * 1.4426950408889634)
-            if MASK_LAYOUT != 0 or BIAS_LAYOUT != 0:
-                s = s + add
+                s_mul = scale * 1.4426950408889634
             if MASKED:
                 s = tl.where(visible, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            if MASKED or MASK_LAYOUT != 0 or BIAS_LAYOUT != 0:
+            s_max = tl.max(s, 1) * s_mul
+            if KEY_SHARED:  # a row whose keys here are all hidden has seen nothing yet
+                s_max = tl.where(s_max > 0.5 * KEY_HIDDEN * scale * 1.4426950408889634, s_max,
+                                 float("-inf"))
+            m_new = tl.maximum(m_i, s_max)
+            if MASKED or HAS_ADD:
                 m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row may see nothing yet
             else:
                 m_safe = m_new
-            p = tl.exp2(s - m_safe[:, None])
+            p = tl.exp2(s * s_mul - m_safe[:, None])
             alpha = tl.exp2(m_i - m_safe)
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m_i = m_new
+        if KEY_SHARED:
+            # The next tile's vector, loaded while this tile's P @ V runs asynchronously.
+            next_n = offs_n + BLOCK_N
+            key_vec = _key_vector(Mask, mask_row0, stride_mr, stride_mh, Bias, bias_row0,
+                                  stride_br, stride_bh, kvh, next_n, next_n < stop, inv_scale,
+                                  MASK_SHARED, MASK_HEADS, BIAS_SHARED, BIAS_HEADS)
     return m_i, l_i, acc
 
 
@@ -182,6 +247,7 @@ def _attn_fwd(
     WRITE_LSE: tl.constexpr, UPCAST: tl.constexpr,
     MASK_LAYOUT: tl.constexpr, MASK_HEADS: tl.constexpr,
     BIAS_LAYOUT: tl.constexpr, BIAS_HEADS: tl.constexpr, SKIP_MASKED_TILES: tl.constexpr,
+    KEY_DTYPE: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -247,24 +313,17 @@ def _attn_fwd(
         else:
             bulk_hi = (hi // BLOCK_N) * BLOCK_N
         bulk_hi = tl.maximum(lo, tl.minimum(bulk_hi, hi))
-    m_i, l_i, acc = _attn_tiles(
-        m_i, l_i, acc, q, K, V, PageTable, b, kvh, k_start, lo, bulk_hi,
-        row_ok, tok, head, q_start, q_pos, k_len, scale, softcap, window_left, window_right,
-        chunk_size, stride_kp, stride_ks, stride_kh, stride_kd, stride_vp, stride_vs, stride_vh,
-        stride_vd, stride_pt, Mask, MaskStart, stride_mr, stride_mh, stride_mc, mask_cols,
-        Bias, BiasStart, stride_br, stride_bh, stride_bc, bias_cols,
-        NUM_KV_HEADS * GROUP, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N, PAGE_SIZE, PAGED,
-        False, IS_CAUSAL, HAS_WINDOW, HAS_CHUNK, HAS_SOFTCAP, UPCAST,
-        MASK_LAYOUT, MASK_HEADS, BIAS_LAYOUT, BIAS_HEADS, SKIP_MASKED_TILES)
-    m_i, l_i, acc = _attn_tiles(
-        m_i, l_i, acc, q, K, V, PageTable, b, kvh, k_start, bulk_hi, hi,
-        row_ok, tok, head, q_start, q_pos, k_len, scale, softcap, window_left, window_right,
-        chunk_size, stride_kp, stride_ks, stride_kh, stride_kd, stride_vp, stride_vs, stride_vh,
-        stride_vd, stride_pt, Mask, MaskStart, stride_mr, stride_mh, stride_mc, mask_cols,
-        Bias, BiasStart, stride_br, stride_bh, stride_bc, bias_cols,
-        NUM_KV_HEADS * GROUP, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N, PAGE_SIZE, PAGED,
-        True, IS_CAUSAL, HAS_WINDOW, HAS_CHUNK, HAS_SOFTCAP, UPCAST,
-        MASK_LAYOUT, MASK_HEADS, BIAS_LAYOUT, BIAS_HEADS, SKIP_MASKED_TILES)
+    for part in tl.static_range(2):  # the unmasked bulk, then the masked edge
+        m_i, l_i, acc = _attn_tiles(
+            m_i, l_i, acc, q, K, V, PageTable, b, kvh, k_start,
+            lo if part == 0 else bulk_hi, bulk_hi if part == 0 else hi,
+            row_ok, tok, head, q_start, q_pos, k_len, scale, softcap, window_left, window_right,
+            chunk_size, stride_kp, stride_ks, stride_kh, stride_kd, stride_vp, stride_vs,
+            stride_vh, stride_vd, stride_pt, Mask, MaskStart, stride_mr, stride_mh, stride_mc,
+            mask_cols, Bias, BiasStart, stride_br, stride_bh, stride_bc, bias_cols,
+            NUM_KV_HEADS * GROUP, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N, PAGE_SIZE,
+            PAGED, part == 1, IS_CAUSAL, HAS_WINDOW, HAS_CHUNK, HAS_SOFTCAP, UPCAST,
+            MASK_LAYOUT, MASK_HEADS, BIAS_LAYOUT, BIAS_HEADS, SKIP_MASKED_TILES, KEY_DTYPE)
 
     if HAS_SINKS:
         # The sink is one more logit with no value; it joins only split 0's denominator.
@@ -295,17 +354,22 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def tile_config(head_dim: int, rows_per_seq: int, deterministic: bool, device: torch.device
-                ) -> dict:
+def tile_config(head_dim: int, rows_per_seq: int, max_keys: int, deterministic: bool,
+                device: torch.device) -> dict:
     """Tile shape and launch settings, chosen from static sizes only (never autotuned).
 
-    ``rows_per_seq`` is ``max_seqlen_q * group``: the packed rows one sequence contributes.
-    Deterministic mode uses one shape for every batch so a row's reduction order is fixed.
+    ``rows_per_seq`` is ``max_seqlen_q * group``: the packed rows one sequence contributes;
+    ``max_keys`` is ``max_seqlen_k``. Deterministic mode uses one shape for every batch so a
+    row's reduction order is fixed. Picked on the H100 with ``bench/tune.py``.
     """
     if device.type != "cuda":
         return dict(BLOCK_M=16, BLOCK_N=32, num_warps=4, num_stages=1)
     big_d = head_dim > 128
     if deterministic or rows_per_seq > 64:
+        if not (deterministic or big_d) and max_keys <= 1024:
+            # Short rows: narrow key tiles and 4 warps need less shared memory and fewer
+            # registers per program, so more programs share an SM (16x1K: +14%).
+            return dict(BLOCK_M=128, BLOCK_N=32, num_warps=4, num_stages=3)
         return dict(BLOCK_M=64 if big_d else 128, BLOCK_N=32 if big_d else 128,
                     num_warps=8, num_stages=2 if big_d else 3)
     block_m = 16 if rows_per_seq <= 16 else (32 if rows_per_seq <= 32 else 64)
@@ -349,13 +413,14 @@ def run_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     lse = torch.empty(hq, total_q, dtype=torch.float32, device=q.device) if want_lse else None
     if total_q == 0:
         return out, lse
-    cfg = cfg or tile_config(d, plan.max_seqlen_q * group, plan.deterministic, q.device)
+    cfg = cfg or tile_config(d, plan.max_seqlen_q * group, plan.max_seqlen_k, plan.deterministic,
+                             q.device)
     splits = plan.num_splits
     if splits > 1:
         o_part = torch.empty(splits, total_q, hq, dv, dtype=torch.float32, device=q.device)
         l_part = torch.empty(splits, hq, total_q, dtype=torch.float32, device=q.device)
-    else:
-        o_part, l_part = out.unsqueeze(0), (lse.unsqueeze(0) if want_lse else out.new_empty(1, 1, 1, dtype=torch.float32))
+    else:  # without an LSE to write, the kernel never touches l_part: out stands in
+        o_part, l_part = out.unsqueeze(0), (lse.unsqueeze(0) if want_lse else out.unsqueeze(0))
     if plan.paged:
         kp, ks, kh, kd = k_cache.stride()
         vp, vs, vh, vd = v_cache.stride()
@@ -395,6 +460,7 @@ def run_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         MASK_LAYOUT=int(mask.layout) if mask else 0, MASK_HEADS=mask.heads if mask else 1,
         BIAS_LAYOUT=int(bias.layout) if bias else 0, BIAS_HEADS=bias.heads if bias else 1,
         SKIP_MASKED_TILES=_varies_per_query(mask, hq),
+        KEY_DTYPE=tl.float32 if interpreting() else tl.bfloat16,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if splits > 1:

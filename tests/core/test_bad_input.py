@@ -51,6 +51,13 @@ def test_dtype_mismatch():
     _expect("k_cache: expected dtype", lambda: ops.attention(b.q.half(), b.k_cache, b.v_cache, b.plan, P))
 
 
+def test_non_positive_scale():
+    b = _batch()
+    for scale in (0.0, -0.125):
+        _expect("softmax_scale: expected a positive", lambda: ops.attention(
+            b.q, b.k_cache, b.v_cache, b.plan, AttnParams(softmax_scale=scale)))
+
+
 def test_wrong_rank():
     b = _batch()
     _expect("q: expected a 3-D", lambda: ops.attention(b.q[None], b.k_cache, b.v_cache, b.plan, P))

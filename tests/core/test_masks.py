@@ -86,6 +86,46 @@ def test_layouts_against_reference_and_dense(mask_layout, bias_layout, heads_kin
         q0 += q_lens[b]
 
 
+@pytest.mark.parametrize("feature", ["softcap", "window", "chunk", "sinks", "split"])
+@pytest.mark.parametrize("heads_kind", ["1", "hk"])
+def test_shared_key_side_terms_with_other_features(feature, heads_kind):
+    """Key-side mask + bias shared by a program's rows (the matmul-broadcast path) combined
+    with the other features; the bias has large magnitudes and -inf entries."""
+    seed = zlib.crc32(f"{feature}{heads_kind}".encode()) % 1000
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    hk, hq = 2, 8
+    heads = {"1": 1, "hk": hk}[heads_kind]
+    k_lens = [rng.randint(60, 300) for _ in range(3)]
+    q_lens = [rng.choice([1, 3, k]) for k in k_lens]
+    batch = paged_batch(q_lens, k_lens, hq=hq, hk=hk, d=32, page_size=16, dtype=DTYPE,
+                        device=DEVICE, seed=seed, num_splits=3 if feature == "split" else 1)
+    total_k = sum(k_lens)
+    mask = torch.rand(total_k, heads, generator=gen) < 0.8
+    bias = torch.randn(total_k, heads, generator=gen) * 20
+    bias[torch.rand(total_k, heads, generator=gen) < 0.05] = -math.inf
+    kw = dict(softmax_scale=0.2, causal=True)
+    kw.update({"softcap": dict(softcap=5.0), "window": dict(window_left=40),
+               "chunk": dict(chunk_size=64)}.get(feature, {}))
+    params = AttnParams(**kw)
+    sinks = torch.randn(hq, generator=gen).to(DEVICE) if feature == "sinks" else None
+    got = ops.attention(batch.q, batch.k_cache, batch.v_cache, batch.plan, params, sinks=sinks,
+                        attn_mask=mask.to(DEVICE), attn_bias=bias.to(DEVICE))
+    assert not got.isnan().any()
+    q0 = 0
+    for b in range(3):
+        ps = batch.k_cache.shape[1]
+        pos = torch.arange(k_lens[b], device=DEVICE)
+        pages = batch.plan.page_table[b, pos // ps].long()
+        k, v = batch.k_cache[pages, pos % ps].cpu(), batch.v_cache[pages, pos % ps].cpu()
+        want, _ = dense_attention(batch.q[q0:q0 + q_lens[b]].cpu(), k, v, scale=0.2,
+                                  window=(params.window_left, -1), chunk=params.chunk_size,
+                                  softcap=params.softcap, sinks=None if sinks is None else sinks.cpu(),
+                                  mask=_dense(mask, "key", b, q_lens, k_lens, hq),
+                                  bias=_dense(bias, "key", b, q_lens, k_lens, hq))
+        torch.testing.assert_close(got[q0:q0 + q_lens[b]].double().cpu(), want, atol=TOL, rtol=TOL)
+        q0 += q_lens[b]
+
+
 def test_fully_masked_rows_give_zero_and_neg_inf_lse():
     batch = paged_batch([3, 1], [40, 70], hq=4, hk=2, d=32, dtype=DTYPE, device=DEVICE)
     mask = torch.ones(4, 4, 70, dtype=torch.bool, device=DEVICE)
