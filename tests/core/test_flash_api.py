@@ -1,4 +1,6 @@
 """FlashAttention-compatible entry points against the reference, and graph plan buffers."""
+import dataclasses
+
 import torch
 
 from anyattn.core import ops
@@ -76,7 +78,9 @@ def test_graph_buffers_update_matches_fresh_plan():
     assert updated.page_table.data_ptr() == captured.page_table.data_ptr()
     assert updated.num_splits == captured.num_splits
     out = ops.attention(q, b.k_cache, b.v_cache, updated, params)
-    fresh = ops.attention(b.q, b.k_cache, b.v_cache, b.plan, params)
+    # The graph plan keeps the split count of its static bounds; the fresh plan uses it too.
+    fresh = ops.attention(b.q, b.k_cache, b.v_cache,
+                          dataclasses.replace(b.plan, num_splits=captured.num_splits), params)
     assert torch.equal(out[:3], fresh)
     # The padding sequence owns no query rows and no keys.
     assert updated.cu_seqlens_q.tolist() == [0, 1, 2, 3, 3] and int(updated.seqused_k[3]) == 0
