@@ -60,3 +60,11 @@ def paged_batch(q_lens: list[int], k_lens: list[int], *, hq: int, hk: int, d: in
                            else getattr(plan, f)) for f in plan.__dataclass_fields__})
     return Batch(q.to(dtype=dtype, **to), k_cache.to(dtype=dtype, **to),
                  v_cache.to(dtype=dtype, **to), plan)
+
+
+def sequence_kv(batch: Batch, b: int, k_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence ``b``'s first ``k_len`` keys and values gathered from the paged cache, on CPU."""
+    ps = batch.k_cache.shape[1]
+    pos = torch.arange(k_len, device=batch.k_cache.device)
+    pages = batch.plan.page_table[b, pos // ps].long()
+    return batch.k_cache[pages, pos % ps].cpu(), batch.v_cache[pages, pos % ps].cpu()

@@ -11,7 +11,7 @@ import torch
 from anyattn.core import ops
 from anyattn.core.params import AttnParams
 
-from batches import dense_attention, paged_batch
+from batches import dense_attention, paged_batch, sequence_kv
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float32
@@ -73,10 +73,7 @@ def test_layouts_against_reference_and_dense(mask_layout, bias_layout, heads_kin
     # ... and the reference against an explicit dense computation.
     q0 = 0
     for b in range(3):
-        ps = batch.k_cache.shape[1]
-        pos = torch.arange(k_lens[b], device=DEVICE)
-        pages = batch.plan.page_table[b, pos // ps].long()
-        k, v = batch.k_cache[pages, pos % ps].cpu(), batch.v_cache[pages, pos % ps].cpu()
+        k, v = sequence_kv(batch, b, k_lens[b])
         dm = _dense(mask, mask_layout, b, q_lens, k_lens, hq) if mask is not None else None
         db = _dense(bias, bias_layout, b, q_lens, k_lens, hq) if bias is not None else None
         want, _ = dense_attention(batch.q[q0:q0 + q_lens[b]].cpu(), k, v, scale=0.2,
@@ -113,10 +110,7 @@ def test_shared_key_side_terms_with_other_features(feature, heads_kind):
     assert not got.isnan().any()
     q0 = 0
     for b in range(3):
-        ps = batch.k_cache.shape[1]
-        pos = torch.arange(k_lens[b], device=DEVICE)
-        pages = batch.plan.page_table[b, pos // ps].long()
-        k, v = batch.k_cache[pages, pos % ps].cpu(), batch.v_cache[pages, pos % ps].cpu()
+        k, v = sequence_kv(batch, b, k_lens[b])
         want, _ = dense_attention(batch.q[q0:q0 + q_lens[b]].cpu(), k, v, scale=0.2,
                                   window=(params.window_left, -1), chunk=params.chunk_size,
                                   softcap=params.softcap, sinks=None if sinks is None else sinks.cpu(),
@@ -161,10 +155,7 @@ def test_one_query_against_long_cache_with_padding_mask():
     unmasked = ops.attention(batch.q, batch.k_cache, batch.v_cache, batch.plan,
                              AttnParams(softmax_scale=0.125))
     for b, k_len in enumerate(k_lens):
-        ps = batch.k_cache.shape[1]
-        pos = torch.arange(k_len, device=DEVICE)
-        pages = batch.plan.page_table[b, pos // ps].long()
-        k, v = batch.k_cache[pages, pos % ps].cpu(), batch.v_cache[pages, pos % ps].cpu()
+        k, v = sequence_kv(batch, b, k_len)
         rows = pad[sum(k_lens[:b]):sum(k_lens[:b + 1]), 0]
         want, _ = dense_attention(batch.q[b:b + 1].cpu(), k, v, scale=0.125,
                                   mask=rows[None, None, :].expand(8, 1, -1))
@@ -211,10 +202,7 @@ def test_tree_mask_against_dense(topk):
                         tree_mask=flat, tree_mask_indptr=indptr)
     q0 = 0
     for b, (n, k_len) in enumerate(zip(n_draft, k_lens)):
-        ps = batch.k_cache.shape[1]
-        pos = torch.arange(k_len, device=DEVICE)
-        pages = batch.plan.page_table[b, pos // ps].long()
-        k, v = batch.k_cache[pages, pos % ps].cpu(), batch.v_cache[pages, pos % ps].cpu()
+        k, v = sequence_kv(batch, b, k_len)
         want, _ = dense_attention(batch.q[q0:q0 + n].cpu(), k, v, scale=0.2, causal=False,
                                   mask=dense_masks[b][None].expand(8, -1, -1))
         torch.testing.assert_close(out[q0:q0 + n].double().cpu(), want, atol=TOL, rtol=TOL)

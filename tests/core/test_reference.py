@@ -8,7 +8,7 @@ import torch
 from anyattn.core.params import AttnParams
 from anyattn.core.reference import merge_state_reference, reference_attention
 
-from batches import dense_attention, paged_batch
+from batches import dense_attention, paged_batch, sequence_kv
 
 FEATURES = [
     dict(),
@@ -20,13 +20,6 @@ FEATURES = [
     dict(sinks=True),
     dict(window=(20, 0), softcap=2.0, sinks=True),
 ]
-
-
-def _keys(batch, b, k_len):
-    ps = batch.k_cache.shape[1]
-    pos = torch.arange(k_len)
-    pages = batch.plan.page_table[b, pos // ps].long()
-    return batch.k_cache[pages, pos % ps], batch.v_cache[pages, pos % ps]
 
 
 @pytest.mark.parametrize("feat", FEATURES, ids=lambda f: "-".join(f) or "causal")
@@ -49,7 +42,7 @@ def test_reference_matches_dense(feat, seed):
                                    sinks=sinks, q_chunk=5, k_chunk=7)
     start = 0
     for b, (lq, lk) in enumerate(zip(q_lens, k_lens)):
-        k, v = _keys(batch, b, lk)
+        k, v = sequence_kv(batch, b, lk)
         ref_o, ref_lse = dense_attention(batch.q[start:start + lq], k, v, scale=0.3,
                                          causal=params.causal, window=window,
                                          chunk=params.chunk_size, softcap=params.softcap,
