@@ -15,9 +15,10 @@ import triton
 import triton.language as tl
 
 from .. import checks
-from ..masks import Layout, MaskSpec
+from ..masks import MaskSpec
 from ..plan import AttnPlan
 from ..params import AttnParams
+from .key_term import key_term, shared_key_side, term_start
 from .merge import merge_splits
 
 
@@ -53,86 +54,36 @@ def _layout_load(Ptr, Start, b, tok, q_row, head, offs_n, k_len, in_range,
     return vals, ok
 
 
-# Raw score given to keys a key-side mask hides: finite, so it can pass through a matmul.
-KEY_HIDDEN = tl.constexpr(-1.0e30)
-
-
-@triton.jit
-def _key_vector(Mask, mask_row0, stride_mr, stride_mh, Bias, bias_row0, stride_br, stride_bh,
-                kvh, offs_n, n_ok, inv_scale,
-                MASK_SHARED: tl.constexpr, MASK_HEADS: tl.constexpr,
-                BIAS_SHARED: tl.constexpr, BIAS_HEADS: tl.constexpr):
-    """The term of key-side layouts that every row of the program shares (one head, or one
-    per kv head), in raw score units (before the softmax scale): ``bias / scale``, and
-    ``KEY_HIDDEN`` where the mask hides a key (a -inf bias hides it too)."""
-    vec = tl.zeros(offs_n.shape, tl.float32)
-    if BIAS_SHARED:
-        row = (bias_row0 + offs_n).to(tl.int64) * stride_br
-        h = kvh if BIAS_HEADS > 1 else 0
-        vec = tl.load(Bias + row + h * stride_bh, mask=n_ok, other=0.0).to(tl.float32) * inv_scale
-    if MASK_SHARED:
-        row = (mask_row0 + offs_n).to(tl.int64) * stride_mr
-        h = kvh if MASK_HEADS > 1 else 0
-        keep = tl.load(Mask + row + h * stride_mh, mask=n_ok, other=0)
-        vec = tl.where(keep != 0, vec, KEY_HIDDEN)
-    return tl.maximum(vec, KEY_HIDDEN)
-
-
-@triton.jit
-def _key_operand(vec, KEY_DTYPE: tl.constexpr):
-    """``[16, BLOCK_N]`` matmul operand whose rows 0 and 1 hold ``vec`` split into a high and
-    a low part (16 mantissa bits together in bf16); the other rows are zero."""
-    kk = tl.arange(0, 16)[:, None]
-    hi = vec.to(KEY_DTYPE)
-    lo = (vec - hi.to(tl.float32)).to(KEY_DTYPE)
-    return tl.where(kk == 0, hi[None, :], tl.where(kk == 1, lo[None, :], 0.0)).to(KEY_DTYPE)
-
-
 @triton.jit
 def _attn_tiles(
     m_i, l_i, acc, q, K, V, PageTable, b, kvh, k_start, start, stop,
     row_ok, tok, head, q_start, q_pos, k_len, scale, softcap, window_left, window_right,
     chunk_size, stride_kp, stride_ks, stride_kh, stride_kd, stride_vp, stride_vs, stride_vh,
     stride_vd, stride_pt, Mask, MaskStart, stride_mr, stride_mh, stride_mc, mask_cols,
-    Bias, BiasStart, stride_br, stride_bh, stride_bc, bias_cols,
+    Bias, BiasStart, stride_br, stride_bh, stride_bc, bias_cols, KeyTerm, key_row0,
     HQ: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, PAGED: tl.constexpr,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HAS_CHUNK: tl.constexpr, HAS_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr,
     MASK_LAYOUT: tl.constexpr, MASK_HEADS: tl.constexpr, BIAS_LAYOUT: tl.constexpr,
-    BIAS_HEADS: tl.constexpr, SKIP_MASKED_TILES: tl.constexpr, KEY_DTYPE: tl.constexpr,
+    BIAS_HEADS: tl.constexpr, SKIP_MASKED_TILES: tl.constexpr, KEY_SHARED: tl.constexpr,
 ):
     """The shared tile loop: keys ``[start, stop)`` in ``BLOCK_N`` tiles, online softmax.
 
     ``MASKED=False`` is the bulk of a causal or full row block, where every key exists and
     its position is visible to every valid row: no predicate, no bounds on the K/V loads.
-    A key-side mask/bias that all rows share is a vector loaded one tile ahead (at the end of
-    the previous tile, behind its asynchronous P @ V) and added to the scores by a k=16
-    matmul. Layouts that vary per row join the scaled scores as an additive log2-domain term
-    (-inf hides a key).
+    Masks and bias join the scaled scores as an additive log2-domain term (-inf hides a key):
+    a key-side term that all rows share (``KEY_SHARED``, see ``key_term``) as a ``[BLOCK_N]``
+    vector fetched with the K/V tiles, layouts that vary per row (``MASK_LAYOUT``,
+    ``BIAS_LAYOUT``) as ``[BLOCK_M, BLOCK_N]`` tiles.
     """
-    MASK_SHARED: tl.constexpr = MASK_LAYOUT == 1 and MASK_HEADS != HQ
-    BIAS_SHARED: tl.constexpr = BIAS_LAYOUT == 1 and BIAS_HEADS != HQ
-    MASK_ROWS: tl.constexpr = MASK_LAYOUT != 0 and not MASK_SHARED
-    BIAS_ROWS: tl.constexpr = BIAS_LAYOUT != 0 and not BIAS_SHARED
-    KEY_SHARED: tl.constexpr = MASK_SHARED or BIAS_SHARED
-    HAS_ADD: tl.constexpr = MASK_LAYOUT != 0 or BIAS_LAYOUT != 0
+    MASK_ROWS: tl.constexpr = MASK_LAYOUT != 0
+    BIAS_ROWS: tl.constexpr = BIAS_LAYOUT != 0
+    HAS_ADD: tl.constexpr = MASK_ROWS or BIAS_ROWS or KEY_SHARED
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     d_ok = offs_d < HEAD_DIM
     dv_ok = offs_dv < HEAD_DIM_V
-    if KEY_SHARED:
-        # ones[BLOCK_M, 16] @ operand[16, BLOCK_N] broadcasts the key vector onto the scores
-        # inside the matmul unit: no per-thread copy of the vector, no layout conversion.
-        ones = (tl.zeros([q.shape[0], 16], tl.float32)
-                + tl.where(tl.arange(0, 16)[None, :] < 2, 1.0, 0.0)).to(KEY_DTYPE)
-        mask_row0 = tl.load(MaskStart + b) if MASK_SHARED else 0
-        bias_row0 = tl.load(BiasStart + b) if BIAS_SHARED else 0
-        inv_scale = 1.0 / scale
-        offs_n = start + tl.arange(0, BLOCK_N)
-        key_vec = _key_vector(Mask, mask_row0, stride_mr, stride_mh, Bias, bias_row0, stride_br,
-                              stride_bh, kvh, offs_n, offs_n < stop, inv_scale,
-                              MASK_SHARED, MASK_HEADS, BIAS_SHARED, BIAS_HEADS)
     for start_n in range(start, stop, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_ok = offs_n < stop
@@ -187,24 +138,24 @@ def _attn_tiles(
             else:
                 v = v.to(q.dtype)
             s = tl.dot(q, tl.trans(k))
-            # Scores stay in raw units through soft-cap and the key-side term; the softmax
-            # scale (log2 domain) is applied inside the max and the exponent (one fused
-            # multiply-add per score) unless a per-row term is added first.
+            # Scores stay in raw units through soft-cap; the softmax scale (log2 domain) is
+            # applied inside the max and the exponent (one fused multiply-add per score)
+            # unless a mask/bias term is added first.
             if HAS_SOFTCAP:
                 s = (softcap / scale) * _tanh(s * (scale / softcap))
-            if KEY_SHARED:
-                s = tl.dot(ones, _key_operand(key_vec, KEY_DTYPE), s)
-            if MASK_ROWS or BIAS_ROWS:
-                s = s * (scale * 1.4426950408889634) + add
+            if HAS_ADD:
+                s = s * (scale * 1.4426950408889634)
+                if KEY_SHARED:  # slots past the sequence's end are garbage: `visible` hides them
+                    s = s + tl.load(KeyTerm + tl.multiple_of(key_row0 + start_n, 4)
+                                    + tl.arange(0, BLOCK_N))[None, :]
+                if MASK_ROWS or BIAS_ROWS:
+                    s = s + add
                 s_mul = 1.0
             else:
                 s_mul = scale * 1.4426950408889634
             if MASKED:
                 s = tl.where(visible, s, float("-inf"))
             s_max = tl.max(s, 1) * s_mul
-            if KEY_SHARED:  # a row whose keys here are all hidden has seen nothing yet
-                s_max = tl.where(s_max > 0.5 * KEY_HIDDEN * scale * 1.4426950408889634, s_max,
-                                 float("-inf"))
             m_new = tl.maximum(m_i, s_max)
             if MASKED or HAS_ADD:
                 m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row may see nothing yet
@@ -215,12 +166,6 @@ def _attn_tiles(
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m_i = m_new
-        if KEY_SHARED:
-            # The next tile's vector, loaded while this tile's P @ V runs asynchronously.
-            next_n = offs_n + BLOCK_N
-            key_vec = _key_vector(Mask, mask_row0, stride_mr, stride_mh, Bias, bias_row0,
-                                  stride_br, stride_bh, kvh, next_n, next_n < stop, inv_scale,
-                                  MASK_SHARED, MASK_HEADS, BIAS_SHARED, BIAS_HEADS)
     return m_i, l_i, acc
 
 
@@ -230,6 +175,7 @@ def _attn_fwd(
     CuSeqQ, SeqUsedK, PageTable, CuSeqK, Sinks, KDescale, VDescale,
     Mask, MaskStart, stride_mr, stride_mh, stride_mc, mask_cols,
     Bias, BiasStart, stride_br, stride_bh, stride_bc, bias_cols,
+    KeyTerm, KeyStart, stride_th,
     qk_scale, softcap, window_left, window_right, chunk_size,
     stride_qt, stride_qh, stride_qd,
     stride_kp, stride_ks, stride_kh, stride_kd,
@@ -247,7 +193,7 @@ def _attn_fwd(
     WRITE_LSE: tl.constexpr, UPCAST: tl.constexpr,
     MASK_LAYOUT: tl.constexpr, MASK_HEADS: tl.constexpr,
     BIAS_LAYOUT: tl.constexpr, BIAS_HEADS: tl.constexpr, SKIP_MASKED_TILES: tl.constexpr,
-    KEY_DTYPE: tl.constexpr,
+    KEY_SHARED: tl.constexpr, KEY_HEADS: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -279,6 +225,11 @@ def _attn_fwd(
     scale = qk_scale
     if HAS_K_DESCALE:
         scale = scale * tl.load(KDescale + b * stride_desc + kvh * stride_desc_h)
+    if KEY_SHARED:
+        KeyTerm += (kvh if KEY_HEADS > 1 else 0) * stride_th
+        key_row0 = term_start(tl.load(KeyStart + b), b)
+    else:
+        key_row0 = 0
 
     # Key range this tile can see, from its first and last query positions.
     pos_lo = k_len - q_len + pid_m * BLOCK_M // GROUP
@@ -320,10 +271,10 @@ def _attn_fwd(
             row_ok, tok, head, q_start, q_pos, k_len, scale, softcap, window_left, window_right,
             chunk_size, stride_kp, stride_ks, stride_kh, stride_kd, stride_vp, stride_vs,
             stride_vh, stride_vd, stride_pt, Mask, MaskStart, stride_mr, stride_mh, stride_mc,
-            mask_cols, Bias, BiasStart, stride_br, stride_bh, stride_bc, bias_cols,
-            NUM_KV_HEADS * GROUP, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N, PAGE_SIZE,
-            PAGED, part == 1, IS_CAUSAL, HAS_WINDOW, HAS_CHUNK, HAS_SOFTCAP, UPCAST,
-            MASK_LAYOUT, MASK_HEADS, BIAS_LAYOUT, BIAS_HEADS, SKIP_MASKED_TILES, KEY_DTYPE)
+            mask_cols, Bias, BiasStart, stride_br, stride_bh, stride_bc, bias_cols, KeyTerm,
+            key_row0, NUM_KV_HEADS * GROUP, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N,
+            PAGE_SIZE, PAGED, part == 1, IS_CAUSAL, HAS_WINDOW, HAS_CHUNK, HAS_SOFTCAP, UPCAST,
+            MASK_LAYOUT, MASK_HEADS, BIAS_LAYOUT, BIAS_HEADS, SKIP_MASKED_TILES, KEY_SHARED)
 
     if HAS_SINKS:
         # The sink is one more logit with no value; it joins only split 0's denominator.
@@ -388,12 +339,6 @@ def _layout_args(spec: MaskSpec | None, dummy: torch.Tensor) -> tuple:
     return t, spec.row_start, t.stride(0), t.stride(1), col_stride, cols
 
 
-def _varies_per_query(mask: MaskSpec | None, hq: int) -> bool:
-    """Tile skipping pays for masks that differ between a tile's rows (query-side, tree,
-    per-query-head); for a key-side vector the branch costs more than the skipped work."""
-    return mask is not None and (mask.layout != Layout.KEY or mask.heads == hq)
-
-
 def run_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: AttnPlan,
                   params: AttnParams, *, sinks: torch.Tensor | None,
                   k_descale: torch.Tensor | None, v_descale: torch.Tensor | None,
@@ -436,6 +381,18 @@ def run_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     descale_strides = descale.stride() if descale is not None else (0, 0)
     window = params.window_left >= 0 or params.window_right >= 0
     dummy = plan.seqused_k
+    key_mask, key_bias = shared_key_side(mask, hq), shared_key_side(bias, hq)
+    key_shared = key_mask or key_bias
+    if key_shared:
+        if key_mask and key_bias:
+            checks.expect(key_mask.tensor.shape[0] == key_bias.tensor.shape[0],
+                          "attn_bias: a key-side bias needs as many rows (total_k) as the mask")
+        term = key_term(key_mask, key_bias, plan)
+        term_args = (term, key_shared.row_start, term.stride(0))
+        mask = None if key_mask else mask
+        bias = None if key_bias else bias
+    else:
+        term_args = (dummy, dummy, 0)
     grid = (triton.cdiv(plan.max_seqlen_q * group, cfg["BLOCK_M"]), plan.batch_size * hk, splits)
     _attn_fwd[grid](
         q, k_cache, v_cache, o_part, l_part,
@@ -443,7 +400,7 @@ def run_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         sinks if sinks is not None else dummy,
         k_descale if k_descale is not None else dummy,
         v_descale if v_descale is not None else dummy,
-        *_layout_args(mask, dummy), *_layout_args(bias, dummy),
+        *_layout_args(mask, dummy), *_layout_args(bias, dummy), *term_args,
         params.softmax_scale, params.softcap or 1.0,
         params.window_left, params.window_right, max(params.chunk_size, 1),
         *q.stride(), kp, ks, kh, kd, vp, vs, vh, vd,
@@ -459,8 +416,8 @@ def run_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         UPCAST=interpreting() and q.dtype == torch.bfloat16,
         MASK_LAYOUT=int(mask.layout) if mask else 0, MASK_HEADS=mask.heads if mask else 1,
         BIAS_LAYOUT=int(bias.layout) if bias else 0, BIAS_HEADS=bias.heads if bias else 1,
-        SKIP_MASKED_TILES=_varies_per_query(mask, hq),
-        KEY_DTYPE=tl.float32 if interpreting() else tl.bfloat16,
+        SKIP_MASKED_TILES=mask is not None,  # per-row layouts only: worth skipping tiles
+        KEY_SHARED=key_shared is not None, KEY_HEADS=term.shape[0] if key_shared else 1,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if splits > 1:

@@ -16,37 +16,37 @@ def _merge_kernel(
     stride_ot, stride_oh, stride_od,
     stride_lh, stride_lt,
     HEAD_DIM_V: tl.constexpr, BLOCK_DV: tl.constexpr, NUM_A: tl.constexpr,
-    HAS_B: tl.constexpr, WRITE_LSE: tl.constexpr,
+    BLOCK_A: tl.constexpr, HAS_B: tl.constexpr, WRITE_LSE: tl.constexpr,
 ):
     """Merge ``NUM_A`` stacked states of A (and one state B) for one (token, head).
 
     Weights are ``exp(lse_i - max)``; states with LSE -inf weigh exactly 0, and a row whose
-    states are all empty gets output 0 and LSE -inf.
+    states are all empty gets output 0 and LSE -inf. All states load at once as one
+    ``[BLOCK_A, BLOCK_DV]`` tile: one memory round trip, not one per split.
     """
     t = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     offs = tl.arange(0, BLOCK_DV)
     d_ok = offs < HEAD_DIM_V
-    m = tl.load(LA + h * stride_lah + t * stride_lat)
-    for s in range(1, NUM_A):
-        m = tl.maximum(m, tl.load(LA + s * stride_las + h * stride_lah + t * stride_lat))
+    split = tl.arange(0, BLOCK_A)
+    s_ok = split < NUM_A
+    la = tl.load(LA + split * stride_las + h * stride_lah + t * stride_lat, mask=s_ok,
+                 other=float("-inf"))
+    oa = tl.load(OA + split[:, None] * stride_oas + t * stride_oat + h * stride_oah
+                 + offs[None, :] * stride_oad, mask=s_ok[:, None] & d_ok[None, :], other=0.0)
+    m = tl.max(la, 0)
     if HAS_B:
         lb = tl.load(LB + h * stride_lbh + t * stride_lbt)
+        ob = tl.load(OB + t * stride_obt + h * stride_obh + offs * stride_obd, mask=d_ok, other=0.0)
         m = tl.maximum(m, lb)
     m_safe = tl.where(m == float("-inf"), 0.0, m)
-    total = m_safe * 0.0
-    acc = tl.zeros([BLOCK_DV], tl.float32)
-    for s in range(0, NUM_A):
-        w = tl.exp(tl.load(LA + s * stride_las + h * stride_lah + t * stride_lat) - m_safe)
-        o = tl.load(OA + s * stride_oas + t * stride_oat + h * stride_oah + offs * stride_oad,
-                    mask=d_ok, other=0.0)
-        acc += w * o.to(tl.float32)
-        total += w
+    w = tl.exp(la - m_safe)
+    acc = tl.sum(w[:, None] * oa.to(tl.float32), 0)
+    total = tl.sum(w, 0)
     if HAS_B:
-        w = tl.exp(lb - m_safe)
-        o = tl.load(OB + t * stride_obt + h * stride_obh + offs * stride_obd, mask=d_ok, other=0.0)
-        acc += w * o.to(tl.float32)
-        total += w
+        wb = tl.exp(lb - m_safe)
+        acc += wb * ob.to(tl.float32)
+        total += wb
     empty = total == 0.0
     out = acc / tl.where(empty, 1.0, total)
     tl.store(O + t * stride_ot + h * stride_oh + offs * stride_od, out.to(O.dtype.element_ty), mask=d_ok)
@@ -67,8 +67,9 @@ def _launch(o_a: torch.Tensor, l_a: torch.Tensor, o_b: torch.Tensor | None,
         o_a, l_a, ob, lb, out, lse if lse is not None else l_a,
         *o_a.stride(), *l_a.stride(), *ob.stride(), *lb.stride(), *out.stride(),
         *(lse.stride() if lse is not None else (0, 0)),
-        HEAD_DIM_V=dv, BLOCK_DV=triton.next_power_of_2(dv), NUM_A=num_a, HAS_B=has_b,
-        WRITE_LSE=lse is not None, num_warps=1 if dv <= 128 else 2,
+        HEAD_DIM_V=dv, BLOCK_DV=triton.next_power_of_2(dv), NUM_A=num_a,
+        BLOCK_A=triton.next_power_of_2(num_a), HAS_B=has_b, WRITE_LSE=lse is not None,
+        num_warps=max(1, min(4, num_a * dv // 1024)),
     )
 
 

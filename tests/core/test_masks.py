@@ -120,6 +120,32 @@ def test_shared_key_side_terms_with_other_features(feature, heads_kind):
         q0 += q_lens[b]
 
 
+@pytest.mark.parametrize("softcap", [0.0, 5.0])
+def test_shared_key_side_terms_with_fp8_descale(softcap):
+    """A shared key-side mask + bias over an fp8 cache with per-(sequence, kv head) descales:
+    the key term is added in units of the unscaled q.k, so the kernel rescales by k_descale."""
+    gen = torch.Generator().manual_seed(7)
+    hk, hq, k_lens, q_lens = 2, 8, [90, 170], [1, 40]
+    batch = paged_batch(q_lens, k_lens, hq=hq, hk=hk, d=32, page_size=16, dtype=DTYPE,
+                        device=DEVICE, seed=7)
+    k_descale = torch.rand(2, hk, generator=gen).to(DEVICE) + 0.5
+    v_descale = torch.rand(2, hk, generator=gen).to(DEVICE) + 0.5
+    k8, v8 = (c.to(torch.float8_e4m3fn) for c in (batch.k_cache, batch.v_cache))
+    mask = (torch.rand(sum(k_lens), hk, generator=gen) < 0.8).to(DEVICE)
+    bias = (torch.randn(sum(k_lens), 1, generator=gen) * 10).to(DEVICE)
+    params = AttnParams(softmax_scale=0.2, causal=True, softcap=softcap)
+    kw = dict(k_descale=k_descale, v_descale=v_descale, attn_mask=mask, attn_bias=bias)
+    got = ops.attention(batch.q, k8, v8, batch.plan, params, **kw)
+    import os
+    os.environ["ANYATTN_IMPL"] = "reference"
+    try:
+        ref = ops.attention(batch.q, k8, v8, batch.plan, params, **kw)
+    finally:
+        del os.environ["ANYATTN_IMPL"]
+    assert not got.isnan().any()
+    torch.testing.assert_close(got.float(), ref.float(), atol=TOL, rtol=TOL)
+
+
 def test_fully_masked_rows_give_zero_and_neg_inf_lse():
     batch = paged_batch([3, 1], [40, 70], hq=4, hk=2, d=32, dtype=DTYPE, device=DEVICE)
     mask = torch.ones(4, 4, 70, dtype=torch.bool, device=DEVICE)
