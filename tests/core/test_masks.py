@@ -86,8 +86,9 @@ def test_layouts_against_reference_and_dense(mask_layout, bias_layout, heads_kin
 @pytest.mark.parametrize("feature", ["softcap", "window", "chunk", "sinks", "split"])
 @pytest.mark.parametrize("heads_kind", ["1", "hk"])
 def test_shared_key_side_terms_with_other_features(feature, heads_kind):
-    """Key-side mask + bias shared by a program's rows (the per-call term vector of key_term.py) combined
-    with the other features; the bias has large magnitudes and -inf entries."""
+    """Key-side mask + bias shared by a program's rows (the per-call term vector of
+    key_term.py) combined with the other features; the bias has large magnitudes and -inf
+    entries."""
     seed = zlib.crc32(f"{feature}{heads_kind}".encode()) % 1000
     rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
     hk, hq = 2, 8
