@@ -18,8 +18,6 @@ from ..masks import Layout, MaskSpec
 from ..plan import AttnPlan
 
 _BLOCK = 1024
-# Slots a tile may read past a sequence's end (the largest BLOCK_N of tile_config).
-_TAIL = 256
 
 
 @triton.jit
@@ -57,17 +55,18 @@ def shared_key_side(spec: MaskSpec | None, hq: int) -> MaskSpec | None:
     return spec if spec is not None and spec.layout == Layout.KEY and spec.heads != hq else None
 
 
-def key_term(mask: MaskSpec | None, bias: MaskSpec | None, plan: AttnPlan) -> torch.Tensor:
+def key_term(mask: MaskSpec | None, bias: MaskSpec | None, plan: AttnPlan,
+             block_n: int) -> torch.Tensor:
     """``[H, L]`` float32 term vectors (``H``: the larger head count of the two, 1 or Hk).
 
     Pass only shared key-side specs (see :func:`shared_key_side`). Slots between sequences
-    are never written: the attention kernel reads them only for keys past a sequence's end,
-    which its position predicate hides.
+    are never written: the attention kernel, whose tiles are ``block_n`` keys wide, reads
+    them only for keys past a sequence's end, which its position predicate hides.
     """
     specs = [s for s in (mask, bias) if s is not None]
     heads, device = max(s.heads for s in specs), specs[0].tensor.device
-    # term_start pads each sequence by fewer than 8 slots.
-    length = specs[0].tensor.shape[0] + 8 * plan.batch_size + _TAIL
+    # term_start moves sequence b by at most 4 * b + 3 slots; a tile reads up to block_n past.
+    length = specs[0].tensor.shape[0] + 8 * plan.batch_size + block_n
     out = torch.empty(heads, triton.cdiv(length, 4) * 4, dtype=torch.float32, device=device)
     if plan.batch_size == 0 or plan.max_seqlen_k == 0:
         return out
