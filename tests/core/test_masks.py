@@ -1,5 +1,6 @@
 """Masks and bias in every layout x head broadcast, tree masks, and O(N) memory."""
 import math
+import os
 import random
 import subprocess
 import sys
@@ -38,6 +39,15 @@ def _dense(t, layout, b, q_lens, k_lens, hq):
     return d.repeat_interleave(hq // d.shape[0], 0)
 
 
+def _reference(*args, **kw):
+    """``ops.attention`` on the chunked reference path (the oracle for the kernels)."""
+    os.environ["ANYATTN_IMPL"] = "reference"
+    try:
+        return ops.attention(*args, **kw)
+    finally:
+        del os.environ["ANYATTN_IMPL"]
+
+
 COMBOS = [(m, b) for m in ("key", "query", None) for b in ("key", "query", None) if m or b]
 
 
@@ -61,13 +71,8 @@ def test_layouts_against_reference_and_dense(mask_layout, bias_layout, heads_kin
                              return_lse=True, **kw)
     assert not got.isnan().any()
     # The oracle: the reference path on the same inputs ...
-    import os
-    os.environ["ANYATTN_IMPL"] = "reference"
-    try:
-        ref, ref_lse = ops.attention(batch.q, batch.k_cache, batch.v_cache, batch.plan, params,
-                                     return_lse=True, **kw)
-    finally:
-        del os.environ["ANYATTN_IMPL"]
+    ref, ref_lse = _reference(batch.q, batch.k_cache, batch.v_cache, batch.plan, params,
+                              return_lse=True, **kw)
     torch.testing.assert_close(got.float(), ref.float(), atol=TOL, rtol=TOL)
     assert torch.equal(torch.isneginf(lse), torch.isneginf(ref_lse))
     # ... and the reference against an explicit dense computation.
@@ -137,12 +142,7 @@ def test_shared_key_side_terms_with_fp8_descale(softcap):
     params = AttnParams(softmax_scale=0.2, causal=True, softcap=softcap)
     kw = dict(k_descale=k_descale, v_descale=v_descale, attn_mask=mask, attn_bias=bias)
     got = ops.attention(batch.q, k8, v8, batch.plan, params, **kw)
-    import os
-    os.environ["ANYATTN_IMPL"] = "reference"
-    try:
-        ref = ops.attention(batch.q, k8, v8, batch.plan, params, **kw)
-    finally:
-        del os.environ["ANYATTN_IMPL"]
+    ref = _reference(batch.q, k8, v8, batch.plan, params, **kw)
     assert not got.isnan().any()
     torch.testing.assert_close(got.float(), ref.float(), atol=TOL, rtol=TOL)
 
@@ -277,6 +277,6 @@ def test_reference_memory_is_linear_at_32k():
     """32K x 32K causal prefill with a key-side mask: a float32 score matrix would be 4 GiB."""
     n = 32768
     grown = int(subprocess.check_output([sys.executable, "-c", MEMORY_PROBE, str(n)],
-                                        env={"ANYATTN_IMPL": "reference", **__import__("os").environ},
+                                        env={"ANYATTN_IMPL": "reference", **os.environ},
                                         text=True).split()[-1])
     assert grown < 256 * 2**20, f"reference grew {grown / 2**20:.0f} MiB (O(N^2) would be 4096)"
