@@ -87,6 +87,15 @@ def describe(name: str, t: torch.Tensor | None, *, plan: AttnPlan, total_q: int,
     return spec
 
 
+def check_key_rows(mask: MaskSpec | None, bias: MaskSpec | None) -> None:
+    """A key-side mask and a key-side bias describe the same keys: equal row counts (host
+    shapes only, so it holds on CUDA too, where ``total_k`` itself would need a sync)."""
+    if mask is not None and bias is not None and mask.layout == bias.layout == Layout.KEY:
+        expect(mask.tensor.shape[0] == bias.tensor.shape[0],
+               f"attn_bias: a key-side bias needs as many rows (total_k) as the key-side mask, "
+               f"got {bias.tensor.shape[0]} and {mask.tensor.shape[0]}")
+
+
 def describe_tree(custom_mask: torch.Tensor, indptr: torch.Tensor, *, plan: AttnPlan,
                   device: torch.device) -> MaskSpec:
     """SGLang's flattened ``custom_mask`` with its per-sequence start offsets ``indptr``."""

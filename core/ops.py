@@ -46,6 +46,7 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pla
     shape = dict(plan=plan, total_q=q.shape[0], hq=q.shape[1], hk=k_cache.shape[-2], device=q.device)
     mask = masks.describe("attn_mask", attn_mask, **shape)
     bias = masks.describe("attn_bias", attn_bias, **shape)
+    masks.check_key_rows(mask, bias)
     if tree_mask is not None:
         checks.expect(mask is None and tree_mask_indptr is not None,
                       "tree_mask: pass it with tree_mask_indptr, and not together with attn_mask")

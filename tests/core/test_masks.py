@@ -9,7 +9,7 @@ import zlib
 import pytest
 import torch
 
-from anyattn.core import ops
+from anyattn.core import masks, ops
 from anyattn.core.params import AttnParams
 
 from batches import dense_attention, paged_batch, sequence_kv
@@ -250,6 +250,16 @@ def test_bad_masks(bad, match):
     with pytest.raises(ValueError, match=match):
         ops.attention(batch.q, batch.k_cache, batch.v_cache, batch.plan,
                       AttnParams(softmax_scale=0.2), **bad)
+
+
+def test_key_side_mask_and_bias_row_counts_must_match():
+    """Checked from host shapes: on CUDA, describe() cannot compare each one with total_k."""
+    starts = torch.tensor([0, 29], dtype=torch.int32)
+    mask = masks.MaskSpec(torch.ones(29, 1, dtype=torch.bool), masks.Layout.KEY, 1, starts)
+    masks.check_key_rows(mask, masks.MaskSpec(torch.zeros(29, 2), masks.Layout.KEY, 2, starts))
+    short = masks.MaskSpec(torch.zeros(28, 2), masks.Layout.KEY, 2, starts)
+    with pytest.raises(ValueError, match="attn_bias: a key-side bias needs as many rows"):
+        masks.check_key_rows(mask, short)
 
 
 MEMORY_PROBE = r"""
