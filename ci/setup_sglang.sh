@@ -15,12 +15,12 @@ if [[ -f "$STAMP" ]]; then
     exit 0
 fi
 [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
+bash "$ROOT/ci/share_base_venv.sh" "$VENV"  # torch 2.13.0 + triton 3.9.0 come from .venv
 PIP=("$VENV/bin/python" -m pip install --quiet)
 CONSTRAINTS="$(mktemp)"
 trap 'rm -f "$CONSTRAINTS"' EXIT
 echo "torch==$TORCH_VERSION" > "$CONSTRAINTS"
 
-"${PIP[@]}" "torch==$TORCH_VERSION"
 "${PIP[@]}" --no-deps "sglang==$SGLANG_VERSION"
 "${PIP[@]}" -c "$CONSTRAINTS" -r "$REQS" pytest
 "${PIP[@]}" --no-deps -e "$ROOT"

