@@ -60,29 +60,29 @@ def describe(name: str, t: torch.Tensor | None, *, plan: AttnPlan, total_q: int,
     if t is None:
         return None
     is_mask = name == "attn_mask"
-    expect(isinstance(t, torch.Tensor), f"{name}: expected a tensor, got {type(t).__name__}")
+    expect(isinstance(t, torch.Tensor), lambda: f"{name}: expected a tensor, got {type(t).__name__}")
     if is_mask:
-        expect(t.dtype == torch.bool, f"{name}: expected dtype torch.bool (True = attend), got "
+        expect(t.dtype == torch.bool, lambda: f"{name}: expected dtype torch.bool (True = attend), got "
                f"{t.dtype}; pass an additive float tensor as attn_bias instead")
     else:
         expect(t.dtype in (torch.float16, torch.bfloat16, torch.float32),
-               f"{name}: expected a float16/bfloat16/float32 additive bias, got {t.dtype}; "
+               lambda: f"{name}: expected a float16/bfloat16/float32 additive bias, got {t.dtype}; "
                "pass a boolean tensor as attn_mask instead")
-    expect(t.device == device, f"{name}: expected a tensor on {device} (like q), got {t.device}")
-    expect(t.dim() in (2, 3), f"{name}: shape {tuple(t.shape)} fits no layout; {LAYOUTS_HELP}")
+    expect(t.device == device, lambda: f"{name}: expected a tensor on {device} (like q), got {t.device}")
+    expect(t.dim() in (2, 3), lambda: f"{name}: shape {tuple(t.shape)} fits no layout; {LAYOUTS_HELP}")
     heads = t.shape[1]
-    expect(heads in (1, hk, hq), f"{name}: head dim {heads} not in {{1, {hk}, {hq}}}; {LAYOUTS_HELP}")
+    expect(heads in (1, hk, hq), lambda: f"{name}: head dim {heads} not in {{1, {hk}, {hq}}}; {LAYOUTS_HELP}")
     expect(t.stride(-1) == 1 or t.shape[-1] == 1 or t.dim() == 2,
-           f"{name}: the last dimension must be contiguous")
+           lambda: f"{name}: the last dimension must be contiguous")
     if t.dim() == 3:
-        expect(t.shape[0] == total_q, f"{name}: query-side layout needs shape[0] == total_q "
+        expect(t.shape[0] == total_q, lambda: f"{name}: query-side layout needs shape[0] == total_q "
                f"({total_q}), got {tuple(t.shape)}; {LAYOUTS_HELP}")
         spec = MaskSpec(t, Layout.QUERY, heads, plan.cu_seqlens_q)
     else:
         spec = MaskSpec(t, Layout.KEY, heads, key_row_starts(plan))
         if device.type == "cpu" or debug_mode():
             total_k = int(spec.row_start[-1])
-            expect(t.shape[0] == total_k, f"{name}: key-side layout needs shape[0] == total_k "
+            expect(t.shape[0] == total_k, lambda: f"{name}: key-side layout needs shape[0] == total_k "
                    f"({total_k}), got {tuple(t.shape)}; {LAYOUTS_HELP}")
     return spec
 
@@ -92,7 +92,7 @@ def check_key_rows(mask: MaskSpec | None, bias: MaskSpec | None) -> None:
     shapes only, so it holds on CUDA too, where ``total_k`` itself would need a sync)."""
     if mask is not None and bias is not None and mask.layout == bias.layout == Layout.KEY:
         expect(mask.tensor.shape[0] == bias.tensor.shape[0],
-               f"attn_bias: a key-side bias needs as many rows (total_k) as the key-side mask, "
+               lambda: f"attn_bias: a key-side bias needs as many rows (total_k) as the key-side mask, "
                f"got {bias.tensor.shape[0]} and {mask.tensor.shape[0]}")
 
 
@@ -100,11 +100,11 @@ def describe_tree(custom_mask: torch.Tensor, indptr: torch.Tensor, *, plan: Attn
                   device: torch.device) -> MaskSpec:
     """SGLang's flattened ``custom_mask`` with its per-sequence start offsets ``indptr``."""
     expect(custom_mask.dtype == torch.bool and custom_mask.dim() == 1,
-           f"custom_mask: expected a flat bool tensor, got {custom_mask.dtype} {tuple(custom_mask.shape)}")
+           lambda: f"custom_mask: expected a flat bool tensor, got {custom_mask.dtype} {tuple(custom_mask.shape)}")
     expect(indptr.dim() == 1 and indptr.shape[0] >= plan.batch_size and indptr.dtype in (torch.int32, torch.int64),
-           f"mask_indptr: expected int32 [batch(+1)], got {indptr.dtype} {tuple(indptr.shape)}")
+           lambda: f"mask_indptr: expected int32 [batch(+1)], got {indptr.dtype} {tuple(indptr.shape)}")
     for n, t in (("custom_mask", custom_mask), ("mask_indptr", indptr)):
-        expect(t.device == device, f"{n}: expected a tensor on {device}, got {t.device}")
+        expect(t.device == device, lambda: f"{n}: expected a tensor on {device}, got {t.device}")
     return MaskSpec(custom_mask, Layout.TREE, 1, indptr.to(torch.int32))
 
 

@@ -92,11 +92,11 @@ def merge_state(o_a: torch.Tensor, lse_a: torch.Tensor, o_b: torch.Tensor,
                 lse_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge two partial results over disjoint keys: ``o [T, H, D]``, ``lse [H, T]`` float32."""
     checks.check_rank("o_a", o_a, 3, "[num_tokens, num_heads, head_dim]")
-    checks.expect(o_b.shape == o_a.shape, f"o_b: expected shape {tuple(o_a.shape)} like o_a, got {tuple(o_b.shape)}")
+    checks.expect(o_b.shape == o_a.shape, lambda: f"o_b: expected shape {tuple(o_a.shape)} like o_a, got {tuple(o_b.shape)}")
     t, h, _ = o_a.shape
     for name, lse in (("lse_a", lse_a), ("lse_b", lse_b)):
         checks.expect(tuple(lse.shape) == (h, t) and lse.dtype == torch.float32,
-                      f"{name}: expected float32 [num_heads={h}, num_tokens={t}], got {lse.dtype} {tuple(lse.shape)}")
+                      lambda: f"{name}: expected float32 [num_heads={h}, num_tokens={t}], got {lse.dtype} {tuple(lse.shape)}")
     if use_triton(o_a):
         from .kernels.merge import run_merge_state
         return run_merge_state(o_a, lse_a, o_b, lse_b)
