@@ -1,9 +1,22 @@
-"""The dense float64 oracle every attention test ends at: plain softmax, nothing clever."""
+"""The oracles attention tests compare against: a dense float64 softmax (plain, nothing
+clever) and ``ops.attention`` forced onto the chunked reference path."""
 from __future__ import annotations
 
 import math
+import os
 
 import torch
+
+from anyattn.core import ops
+
+
+def reference_path(*args, **kw):
+    """``ops.attention`` on the chunked reference path (the oracle for the kernels)."""
+    os.environ["ANYATTN_IMPL"] = "reference"
+    try:
+        return ops.attention(*args, **kw)
+    finally:
+        del os.environ["ANYATTN_IMPL"]
 
 
 def dense_attention(q, k, v, *, scale, causal=True, window=(-1, -1), chunk=0, softcap=0.0,

@@ -13,6 +13,7 @@ from anyattn.core import masks, ops
 from anyattn.core.params import AttnParams
 
 from batches import dense_attention, paged_batch, sequence_kv
+from oracle import reference_path
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float32
@@ -39,15 +40,6 @@ def _dense(t, layout, b, q_lens, k_lens, hq):
     return d.repeat_interleave(hq // d.shape[0], 0)
 
 
-def _reference(*args, **kw):
-    """``ops.attention`` on the chunked reference path (the oracle for the kernels)."""
-    os.environ["ANYATTN_IMPL"] = "reference"
-    try:
-        return ops.attention(*args, **kw)
-    finally:
-        del os.environ["ANYATTN_IMPL"]
-
-
 COMBOS = [(m, b) for m in ("key", "query", None) for b in ("key", "query", None) if m or b]
 
 
@@ -71,7 +63,7 @@ def test_layouts_against_reference_and_dense(mask_layout, bias_layout, heads_kin
                              return_lse=True, **kw)
     assert not got.isnan().any()
     # The oracle: the reference path on the same inputs ...
-    ref, ref_lse = _reference(batch.q, batch.k_cache, batch.v_cache, batch.plan, params,
+    ref, ref_lse = reference_path(batch.q, batch.k_cache, batch.v_cache, batch.plan, params,
                               return_lse=True, **kw)
     torch.testing.assert_close(got.float(), ref.float(), atol=TOL, rtol=TOL)
     assert torch.equal(torch.isneginf(lse), torch.isneginf(ref_lse))
@@ -142,7 +134,7 @@ def test_shared_key_side_terms_with_fp8_descale(softcap):
     params = AttnParams(softmax_scale=0.2, causal=True, softcap=softcap)
     kw = dict(k_descale=k_descale, v_descale=v_descale, attn_mask=mask, attn_bias=bias)
     got = ops.attention(batch.q, k8, v8, batch.plan, params, **kw)
-    ref = _reference(batch.q, k8, v8, batch.plan, params, **kw)
+    ref = reference_path(batch.q, k8, v8, batch.plan, params, **kw)
     assert not got.isnan().any()
     torch.testing.assert_close(got.float(), ref.float(), atol=TOL, rtol=TOL)
 
