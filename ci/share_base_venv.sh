@@ -7,7 +7,9 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$1"
-VENV="$ROOT/.venv" bash "$ROOT/ci/setup.sh" >/dev/null
+# ci/test.sh has built .venv already; standalone runs (ci/test_vllm.sh, ci/demo_vllm.sh) may not.
+"$ROOT/.venv/bin/python" -c "import torch, triton" 2>/dev/null \
+  || VENV="$ROOT/.venv" bash "$ROOT/ci/setup.sh" >/dev/null
 purelib='import sysconfig; print(sysconfig.get_paths()["purelib"])'
 base_site=$("$ROOT/.venv/bin/python" -c "$purelib")
 venv_site=$("$VENV/bin/python" -c "$purelib")
