@@ -10,7 +10,9 @@ import functools
 
 import torch
 
+from . import providers
 from .plan import AttnPlan
+from .providers import Workload
 
 # Below this many keys per split, splitting costs more in the merge than it gains.
 MIN_SPLIT_TOKENS = 128  # one BLOCK_N key tile
@@ -65,7 +67,7 @@ def choose_num_splits(batch_size: int, num_kv_heads: int, max_seqlen_q: int,
     splits: each row then reduces over its keys in the same fixed tiles whatever else is in
     the batch (bitwise-stable, slower at small batch).
     """
-    if max_seqlen_k <= 0 or deterministic:
+    if batch_size <= 0 or max_seqlen_k <= 0 or deterministic:
         return 1
     q_tiles = max(1, -(-max_seqlen_q // q_rows_per_tile))
     programs = batch_size * num_kv_heads * q_tiles
@@ -76,20 +78,31 @@ def choose_num_splits(batch_size: int, num_kv_heads: int, max_seqlen_q: int,
     return max(1, min(want, by_length, MAX_SPLITS))
 
 
-def build_plan(cu_seqlens_q: torch.Tensor, seqused_k: torch.Tensor, *, max_seqlen_q: int,
+def build_plan(cu_seqlens_q: torch.Tensor, seqused_k: torch.Tensor | None, *, max_seqlen_q: int,
                max_seqlen_k: int, page_table: torch.Tensor | None = None,
                cu_seqlens_k: torch.Tensor | None = None, num_kv_heads: int = 1,
-               num_splits: int | None = None, deterministic: bool = False) -> AttnPlan:
-    """Assemble a plan; ``num_splits=None`` picks the split count from static sizes."""
+               num_splits: int | None = None, deterministic: bool = False,
+               workload: Workload | None = None) -> AttnPlan:
+    """Assemble a plan; ``num_splits=None`` picks the split count from static sizes.
+
+    With contiguous keys, ``seqused_k=None`` means every sequence uses its whole
+    ``cu_seqlens_k`` span. ``workload`` (the layers' tensor facts, when the caller knows them)
+    makes the kernel choice now rather than at the first call (:mod:`core.providers`).
+    """
     if (page_table is None) == (cu_seqlens_k is None):
         raise ValueError("build_plan: pass exactly one of page_table [B, max_pages] "
                          "(paged keys) or cu_seqlens_k [B+1] (contiguous keys)")
+    spans = seqused_k is None
+    if spans:
+        if cu_seqlens_k is None:
+            raise ValueError("seqused_k: required int32 [batch] with a paged cache")
+        seqused_k = cu_seqlens_k[1:] - cu_seqlens_k[:-1]
     batch = seqused_k.shape[0]
     if num_splits is None or num_splits <= 0 or deterministic:
         num_splits = choose_num_splits(batch, num_kv_heads, max_seqlen_q, max_seqlen_k,
                                        device_sm_count(seqused_k.device),
                                        deterministic=deterministic)
-    return AttnPlan(
+    plan = AttnPlan(
         cu_seqlens_q=cu_seqlens_q.to(torch.int32),
         seqused_k=seqused_k.to(torch.int32),
         max_seqlen_q=int(max_seqlen_q),
@@ -98,4 +111,8 @@ def build_plan(cu_seqlens_q: torch.Tensor, seqused_k: torch.Tensor, *, max_seqle
         cu_seqlens_k=None if cu_seqlens_k is None else cu_seqlens_k.to(torch.int32),
         num_splits=int(num_splits),
         deterministic=deterministic,
+        keys_span_rows=spans,
     )
+    if workload is not None:
+        providers.schedule(plan, workload)
+    return plan

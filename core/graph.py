@@ -9,23 +9,27 @@ from __future__ import annotations
 
 import torch
 
+from . import providers
 from .builders import choose_num_splits, device_sm_count
 from .plan import AttnPlan
+from .providers import Workload
 
 
 class GraphPlanBuffers:
     def __init__(self, max_batch: int, max_pages: int, *, max_seqlen_q: int,
                  page_size: int, num_kv_heads: int, device: torch.device | str,
-                 deterministic: bool = False) -> None:
+                 deterministic: bool = False, workload: Workload | None = None) -> None:
         self.device = torch.device(device)
         self.max_batch = max_batch
         self.max_seqlen_q = max_seqlen_q
         self.max_seqlen_k = max_pages * page_size
         self.num_kv_heads = num_kv_heads
         self.deterministic = deterministic
+        self.workload = workload
         self.cu_seqlens_q = torch.zeros(max_batch + 1, dtype=torch.int32, device=self.device)
         self.seqused_k = torch.zeros(max_batch, dtype=torch.int32, device=self.device)
         self.page_table = torch.zeros(max_batch, max_pages, dtype=torch.int32, device=self.device)
+        self._plans: dict[int, AttnPlan] = {}
 
     def num_splits(self, batch_size: int) -> int:
         return choose_num_splits(batch_size, self.num_kv_heads, self.max_seqlen_q,
@@ -33,15 +37,20 @@ class GraphPlanBuffers:
                                  deterministic=self.deterministic)
 
     def plan(self, batch_size: int) -> AttnPlan:
-        """The plan a graph of this batch size captures and every replay reuses."""
+        """The plan a graph of this batch size captures and every replay reuses (one object
+        per batch size, so its kernel schedule is chosen once)."""
         if not 0 < batch_size <= self.max_batch:
             raise ValueError(f"batch_size: expected 1..{self.max_batch}, got {batch_size}")
-        return AttnPlan(cu_seqlens_q=self.cu_seqlens_q[: batch_size + 1],
-                        seqused_k=self.seqused_k[:batch_size],
-                        max_seqlen_q=self.max_seqlen_q, max_seqlen_k=self.max_seqlen_k,
-                        page_table=self.page_table[:batch_size],
-                        num_splits=self.num_splits(batch_size),
-                        deterministic=self.deterministic)
+        plan = self._plans.get(batch_size)
+        if plan is None:
+            plan = self._plans[batch_size] = AttnPlan(
+                cu_seqlens_q=self.cu_seqlens_q[: batch_size + 1],
+                seqused_k=self.seqused_k[:batch_size], max_seqlen_q=self.max_seqlen_q,
+                max_seqlen_k=self.max_seqlen_k, page_table=self.page_table[:batch_size],
+                num_splits=self.num_splits(batch_size), deterministic=self.deterministic)
+            if self.workload is not None:
+                providers.schedule(plan, self.workload)
+        return plan
 
     def update(self, batch_size: int, *, cu_seqlens_q: torch.Tensor, seqused_k: torch.Tensor,
                page_table: torch.Tensor) -> AttnPlan:

@@ -1,8 +1,10 @@
 """Public kernel API: plan-based entry points and FlashAttention-3-compatible functions.
 
-CUDA tensors run the Triton kernels. CPU tensors run the same Triton kernels through the
-interpreter when ``TRITON_INTERPRET=1``, and the chunked PyTorch reference otherwise
-(``ANYATTN_IMPL=reference|triton`` overrides the choice).
+CUDA tensors run the kernels: the provider each plan chose (:mod:`core.providers`: FA3 where
+it is installed and covers the call, anyattn's Triton kernels everywhere else). CPU tensors run
+the Triton kernels through the interpreter when ``TRITON_INTERPRET=1``, and the chunked
+PyTorch reference otherwise (``ANYATTN_IMPL=reference|triton`` overrides the choice between
+reference and kernels, ``ANYATTN_KERNELS=auto|triton|fa3`` the provider).
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from . import checks, masks, reference
+from . import checks, masks, providers, reference
 from .builders import build_plan
 from .plan import AttnPlan
 from .params import AttnParams
@@ -51,16 +53,43 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pla
         checks.expect(mask is None and tree_mask_indptr is not None,
                       "tree_mask: pass it with tree_mask_indptr, and not together with attn_mask")
         mask = masks.describe_tree(tree_mask, tree_mask_indptr, plan=plan, device=q.device)
-    if use_triton(q):
-        from .kernels.attention import run_attention
-        o, lse = run_attention(q, k_cache, v_cache, plan, params, sinks=sinks,
-                               k_descale=k_descale, v_descale=v_descale, out=out,
-                               want_lse=return_lse, mask=mask, bias=bias)
-    else:
+    if q.shape[0] == 0 or plan.batch_size == 0:
+        o, lse = _empty_result(q, v_cache, out)
+    elif not use_triton(q):
         o, lse = reference.reference_attention(q, k_cache, v_cache, plan, params, sinks=sinks,
                                                k_descale=k_descale, v_descale=v_descale, out=out,
                                                mask=mask, bias=bias)
+    else:
+        o, lse = _run_kernels(q, k_cache, v_cache, plan, params, sinks=sinks, k_descale=k_descale,
+                              v_descale=v_descale, out=out, want_lse=return_lse, mask=mask,
+                              bias=bias)
     return (o, lse) if return_lse else o
+
+
+def _empty_result(q: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor | None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """No queries (or no sequences): nothing to compute, on every path."""
+    if out is None:
+        out = q.new_empty(q.shape[0], q.shape[1], v_cache.shape[-1])
+    return out, torch.empty(q.shape[1], q.shape[0], dtype=torch.float32, device=q.device)
+
+
+def _run_kernels(q, k_cache, v_cache, plan: AttnPlan, params: AttnParams, *, sinks, k_descale,
+                 v_descale, out, want_lse: bool, mask, bias):
+    """The plan's provider where it covers the call, else the plan's Triton launch."""
+    from .kernels import fa3
+    from .kernels.attention import run_attention
+
+    sched = providers.schedule(plan, providers.Workload.of(q, k_cache, v_cache))
+    if sched.provider == providers.FA3 and fa3.uncovered_call(providers.features(
+            params, q=q, k_cache=k_cache, v_cache=v_cache, out=out, sinks=sinks,
+            k_descale=k_descale, v_descale=v_descale, masked=mask is not None or bias is not None,
+            want_lse=want_lse)) is None:
+        return fa3.run_fa3(q, k_cache, v_cache, plan, params, sinks=sinks, out=out,
+                           want_lse=want_lse)
+    return run_attention(q, k_cache, v_cache, plan, params, sinks=sinks, k_descale=k_descale,
+                         v_descale=v_descale, out=out, want_lse=want_lse, mask=mask, bias=bias,
+                         cfg=sched.tile)
 
 
 def write_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
@@ -208,12 +237,12 @@ def flash_attn_varlen_func(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """FlashAttention-3 ``flash_attn_varlen_func``: contiguous ``k``/``v [total_k, Hk, D]``."""
     _unsupported(seqused_q=seqused_q, qv=qv, q_descale=q_descale)
     checks.check_rank("cu_seqlens_k", cu_seqlens_k, 1, "[batch + 1]")
-    if seqused_k is None:
-        seqused_k = cu_seqlens_k[1:] - cu_seqlens_k[:-1]
+    batch = cu_seqlens_k.shape[0] - 1
     if max_seqlen_q is None:
-        max_seqlen_q = int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max())
+        max_seqlen_q = int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max()) if batch else 0
     if max_seqlen_k is None:
-        max_seqlen_k = int(seqused_k.max()) if seqused_k.numel() else 0
+        lens = seqused_k if seqused_k is not None else cu_seqlens_k[1:] - cu_seqlens_k[:-1]
+        max_seqlen_k = int(lens.max()) if batch else 0
     plan = build_plan(cu_seqlens_q, seqused_k, max_seqlen_q=max_seqlen_q,
                       max_seqlen_k=max_seqlen_k, cu_seqlens_k=cu_seqlens_k,
                       num_kv_heads=k.shape[-2], num_splits=num_splits,

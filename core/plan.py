@@ -1,7 +1,7 @@
 """The per-step attention plan: built once per forward step, shared by every layer."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -18,6 +18,9 @@ class AttnPlan:
     Every tensor is int32 on the compute device. ``max_seqlen_q`` / ``max_seqlen_k`` are
     upper bounds (a CUDA graph captures them once), and ``num_splits`` is the static number
     of key splits the kernels launch with: none of them is read back from the device.
+    ``keys_span_rows`` (contiguous keys) says ``seqused_k[b]`` is the whole span
+    ``cu_seqlens_k[b+1] - cu_seqlens_k[b]``. ``schedules`` holds the kernel choice per
+    workload (:mod:`core.providers`), made on first use and reused by every layer.
     """
 
     cu_seqlens_q: torch.Tensor
@@ -28,6 +31,8 @@ class AttnPlan:
     cu_seqlens_k: torch.Tensor | None = None
     num_splits: int = 1
     deterministic: bool = False
+    keys_span_rows: bool = False
+    schedules: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def batch_size(self) -> int:

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from vllm.v1.attention.backend import AttentionBackend, AttentionType, MultipleOf
-from vllm.v1.kv_cache_layout import KVCacheLayout
 
 from anyattn.core.checks import MAX_HEAD_DIM
 
-from . import BACKEND_NAME
+from . import selected_name
+from .compat import KVCacheDeclarations
 
 if TYPE_CHECKING:
     from vllm.config.cache import CacheDType
@@ -30,9 +30,19 @@ HEAD_SIZES = list(range(16, MAX_HEAD_DIM + 1, 8))
 # wrapper as a non-causal batch whose keys are the cached encoder output.
 SUPPORTED_ATTN_TYPES = (AttentionType.DECODER, AttentionType.ENCODER_ONLY,
                         AttentionType.ENCODER_DECODER)
+_FP8_KV_DTYPES = {"fp8", "fp8_e4m3", "fp8_e5m2"}
 
 
-class AnyAttnBackend(AttentionBackend):
+def fp8_storage_dtype(kv_cache_dtype: str) -> torch.dtype | None:
+    """vLLM allocates fp8 caches as uint8; the kernels read them as this dtype."""
+    if kv_cache_dtype not in _FP8_KV_DTYPES:
+        return None
+    from vllm.platforms import current_platform
+
+    return torch.float8_e5m2 if kv_cache_dtype == "fp8_e5m2" else current_platform.fp8_dtype()
+
+
+class AnyAttnBackend(KVCacheDeclarations, AttentionBackend):
     supported_dtypes: ClassVar[list[torch.dtype]] = [torch.float16, torch.bfloat16,
                                                      torch.float32]
     # fp8 caches store k / k_scale; the layer's scales reach the kernels as descales.
@@ -43,7 +53,7 @@ class AnyAttnBackend(AttentionBackend):
 
     @staticmethod
     def get_name() -> str:
-        return BACKEND_NAME
+        return selected_name()
 
     @staticmethod
     def get_impl_cls() -> type[AnyAttnImpl]:
@@ -63,13 +73,6 @@ class AnyAttnBackend(AttentionBackend):
     @classmethod
     def get_supported_head_sizes(cls) -> list[int]:
         return HEAD_SIZES
-
-    @classmethod
-    def supported_kv_cache_layouts(cls) -> tuple[KVCacheLayout, ...]:
-        # The kernels read K and V through the cache's strides, so every layout works;
-        # token-major block interiors (NHD) first, since a tile then reads contiguous rows.
-        return (KVCacheLayout.LBNHC, KVCacheLayout.BLNHC, KVCacheLayout.LBHNC,
-                KVCacheLayout.BLHNC, KVCacheLayout.BHLNC, KVCacheLayout.LHBNC)
 
     @classmethod
     def supports_sink(cls) -> bool:

@@ -12,15 +12,24 @@ from typing import ClassVar
 import torch
 from vllm import envs
 from vllm.config import VllmConfig
+from vllm.logger import init_logger
 from vllm.utils.math_utils import cdiv
 from vllm.v1.attention.backend import (AttentionCGSupport, AttentionMetadataBuilder,
-                                       CommonAttentionMetadata, max_decode_query_len)
+                                       CommonAttentionMetadata)
 from vllm.v1.kv_cache_interface import (AttentionSpec, CrossAttentionSpec,
                                         EncoderOnlyAttentionSpec)
 
 from anyattn.core.builders import build_plan
 from anyattn.core.graph import GraphPlanBuffers
+from anyattn.core.kernels import fa3
 from anyattn.core.plan import AttnPlan
+from anyattn.core.providers import Workload
+
+from . import selected_name
+from .compat import max_decode_query_len
+from .backend import fp8_storage_dtype
+
+logger = init_logger("vllm.anyattn")
 
 
 @dataclass
@@ -50,7 +59,21 @@ class AnyAttnMetadataBuilder(AttentionMetadataBuilder[AnyAttnMetadata]):
         self.max_pages = kv_cache_spec.max_num_blocks_per_req(vllm_config, max_len)
         self.encoder_only = isinstance(kv_cache_spec, EncoderOnlyAttentionSpec)
         self.deterministic = envs.VLLM_BATCH_INVARIANT
+        self.workload = self._workload()
         self.graph_buffers = self._make_graph_buffers()
+        logger.info_once("anyattn attention backend (--attention-backend %s): Triton kernels; "
+                         "FlashAttention-3 for prefill/extend: %s", selected_name(),
+                         fa3.unavailable(device) or "available")
+
+    def _workload(self) -> Workload:
+        """The layers' tensor facts, so every plan picks its kernels when it is built."""
+        model = self.vllm_config.model_config
+        spec = self.kv_cache_spec
+        dtype = model.dtype
+        kv_dtype = fp8_storage_dtype(self.vllm_config.cache_config.cache_dtype) or dtype
+        return Workload(self.device, dtype, kv_dtype, spec.head_size, spec.head_size,
+                        model.get_num_attention_heads(self.vllm_config.parallel_config),
+                        self.num_kv_heads)
 
     def _make_graph_buffers(self) -> GraphPlanBuffers | None:
         compilation = self.vllm_config.compilation_config
@@ -62,7 +85,8 @@ class AnyAttnMetadataBuilder(AttentionMetadataBuilder[AnyAttnMetadata]):
                         cdiv(compilation.max_cudagraph_capture_size, max_seqlen_q))
         return GraphPlanBuffers(max_batch, self.max_pages, max_seqlen_q=max_seqlen_q,
                                 page_size=self.page_size, num_kv_heads=self.num_kv_heads,
-                                device=self.device, deterministic=self.deterministic)
+                                device=self.device, deterministic=self.deterministic,
+                                workload=self.workload)
 
     def _fits_graph(self, cm: CommonAttentionMetadata) -> bool:
         g = self.graph_buffers
@@ -77,9 +101,10 @@ class AnyAttnMetadataBuilder(AttentionMetadataBuilder[AnyAttnMetadata]):
         if self.encoder_only:
             # No cache: every sequence attends its own new keys, which sit in the same
             # rows of the key tensor as its queries.
-            plan = build_plan(cm.query_start_loc, cm.seq_lens, max_seqlen_q=cm.max_query_len,
+            plan = build_plan(cm.query_start_loc, None, max_seqlen_q=cm.max_query_len,
                               max_seqlen_k=cm.max_seq_len, cu_seqlens_k=cm.query_start_loc,
-                              num_kv_heads=self.num_kv_heads, deterministic=self.deterministic)
+                              num_kv_heads=self.num_kv_heads, deterministic=self.deterministic,
+                              workload=self.workload)
         elif self._fits_graph(cm):
             # Same storage for every step of this batch size, so a captured graph replays
             # with this step's lengths and pages. vLLM pads requests with q_len 0, seq_len 0.
@@ -89,7 +114,8 @@ class AnyAttnMetadataBuilder(AttentionMetadataBuilder[AnyAttnMetadata]):
         else:
             plan = build_plan(cm.query_start_loc, cm.seq_lens, max_seqlen_q=cm.max_query_len,
                               max_seqlen_k=cm.max_seq_len, page_table=cm.block_table_tensor,
-                              num_kv_heads=self.num_kv_heads, deterministic=self.deterministic)
+                              num_kv_heads=self.num_kv_heads, deterministic=self.deterministic,
+                              workload=self.workload)
         return AnyAttnMetadata(plan=plan, num_actual_tokens=cm.num_actual_tokens)
 
     def build_for_cudagraph_capture(

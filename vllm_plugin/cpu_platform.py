@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 from vllm.logger import init_logger
 from vllm.platforms.cpu import CpuPlatform
 
-from . import BACKEND_NAME
+from . import selected_name
 
 if TYPE_CHECKING:
     from vllm.v1.attention.backends.registry import AttentionBackendEnum
@@ -21,7 +21,7 @@ class AnyAttnCpuPlatform(CpuPlatform):
     def get_attn_backend_cls(cls, selected_backend: AttentionBackendEnum | None,
                              attn_selector_config: AttentionSelectorConfig,
                              num_heads: int | None = None) -> str:
-        if selected_backend is None or selected_backend.name != BACKEND_NAME:
+        if selected_backend is None or selected_backend.name != selected_name():
             return super().get_attn_backend_cls(selected_backend, attn_selector_config,
                                                 num_heads)
         backend = selected_backend.get_class()

@@ -8,17 +8,13 @@ strides: nothing is copied, and core's kernels take the strides as they are.
 from __future__ import annotations
 
 import torch
-from vllm.platforms import current_platform
 from vllm.v1.attention.backend import AttentionImpl, AttentionLayer, AttentionType
 
 from anyattn.core import ops
 from anyattn.core.ops import AttnParams
 
-from .backend import SUPPORTED_ATTN_TYPES
+from .backend import SUPPORTED_ATTN_TYPES, fp8_storage_dtype
 from .builder import AnyAttnMetadata
-
-_FP8_KV_DTYPES = {"fp8", "fp8_e4m3", "fp8_e5m2"}
-
 
 class AnyAttnImpl(AttentionImpl[AnyAttnMetadata]):
     def __init__(self, num_heads: int, head_size: int, scale: float, num_kv_heads: int,
@@ -43,7 +39,7 @@ class AnyAttnImpl(AttentionImpl[AnyAttnMetadata]):
         self.attn_type = attn_type
         self.kv_sharing_target_layer_name = kv_sharing_target_layer_name
         self.sinks = sinks
-        self.fp8_dtype = self._fp8_storage_dtype(kv_cache_dtype)
+        self.fp8_dtype = fp8_storage_dtype(kv_cache_dtype)
         decoder = attn_type == AttentionType.DECODER
         if sliding_window is not None and attn_type == AttentionType.ENCODER_DECODER:
             raise ValueError("anyattn: sliding window on cross attention has no positions "
@@ -56,13 +52,6 @@ class AnyAttnImpl(AttentionImpl[AnyAttnMetadata]):
         self.params = AttnParams(softmax_scale=self.scale, causal=decoder,
                                  window_left=left, window_right=right,
                                  softcap=float(logits_soft_cap or 0.0))
-
-    @staticmethod
-    def _fp8_storage_dtype(kv_cache_dtype: str) -> torch.dtype | None:
-        """vLLM allocates fp8 caches as uint8; the kernels read them as this dtype."""
-        if kv_cache_dtype not in _FP8_KV_DTYPES:
-            return None
-        return torch.float8_e5m2 if kv_cache_dtype == "fp8_e5m2" else current_platform.fp8_dtype()
 
     def _cache_views(self, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``[num_blocks, Hk, block_size, D + Dv]`` -> K, V as ``[num_blocks, block_size, Hk, *]``."""

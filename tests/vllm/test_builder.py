@@ -18,7 +18,7 @@ from vllm.v1.attention.backend import AttentionType, CommonAttentionMetadata
 from vllm.v1.kv_cache_interface import (CrossAttentionSpec, EncoderOnlyAttentionSpec,
                                         FullAttentionSpec)
 
-from anyattn.vllm_plugin import BACKEND_PATH, backend_enum_member
+from anyattn.vllm_plugin import BACKEND_PATH, backend_enum_member, selected_name
 from oracle import dense_attention
 from anyattn.vllm_plugin.backend import AnyAttnBackend
 from anyattn.vllm_plugin.builder import AnyAttnMetadataBuilder
@@ -386,10 +386,12 @@ def test_registration_is_idempotent_and_survives_a_fresh_process():
     register()
     register()
     member = backend_enum_member()
-    # What a spawned engine core does first: unpickle the config, before any plugin runs.
+    # What a spawned engine core does: unpickle the config before any plugin runs (0.32+
+    # fails here without the pickling hook), then load the plugins and build the layers.
     code = ("import pickle, sys; m = pickle.loads(sys.stdin.buffer.read()); "
+            "from vllm.plugins import load_general_plugins; load_general_plugins(); "
             "print(m.name, m.get_path())")
     res = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(member),
                          capture_output=True, timeout=120)
     assert res.returncode == 0, res.stderr.decode()[-2000:]
-    assert res.stdout.decode().split()[-2:] == ["ANYATTN", BACKEND_PATH]
+    assert res.stdout.decode().split()[-2:] == [selected_name(), BACKEND_PATH]

@@ -1,6 +1,7 @@
 """Random paged batches for oracle tests: caches poisoned with NaN wherever no key lives."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -56,8 +57,9 @@ def paged_batch(q_lens: list[int], k_lens: list[int], *, hq: int, hk: int, d: in
                       page_table=page_table, num_kv_heads=hk, num_splits=num_splits,
                       deterministic=deterministic)
     to = dict(device=device)
-    plan = AttnPlan(**{f: (getattr(plan, f).to(**to) if isinstance(getattr(plan, f), torch.Tensor)
-                           else getattr(plan, f)) for f in plan.__dataclass_fields__})
+    plan = dataclasses.replace(plan, **{f.name: getattr(plan, f.name).to(**to)
+                                        for f in dataclasses.fields(plan)
+                                        if isinstance(getattr(plan, f.name), torch.Tensor)})
     return Batch(q.to(dtype=dtype, **to), k_cache.to(dtype=dtype, **to),
                  v_cache.to(dtype=dtype, **to), plan)
 

@@ -1,0 +1,128 @@
+"""FlashAttention-3, called where an engine install already carries it (never bundled).
+
+Sources, first found wins: vLLM's ``vllm.vllm_flash_attn.flash_attn_varlen_func`` with
+``fa_version=3`` (every vLLM CUDA install; paged through ``block_table`` + ``seqused_k``,
+contiguous through ``cu_seqlens_k``), else SGLang's ``sgl_kernel.flash_attn.
+flash_attn_with_kvcache`` (every SGLang CUDA install; paged plans only). Both run on Hopper
+(compute capability 9.x) only.
+
+What FA3 covers, and so what :mod:`core.providers` may route here: fp16/bf16 queries with a
+cache of the same dtype (its FP8 path quantises the queries too, which anyattn's contract does
+not), head dims that are multiples of 8 up to 256 with ``Dv == D``, any page size, causal and
+window ``(left, right)`` (both bottom-right aligned, as anyattn's), soft-cap, float32 sinks
+(``s_aux``), LSE. Not: masks, bias, tree masks, chunked-local, fp8 descales, strided last dims.
+Empty rows: FA3 writes output 0 and LSE +inf; anyattn's contract says LSE -inf, fixed in place.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..params import AttnParams
+from ..plan import AttnPlan
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where FA3 came from: ``varlen`` (vLLM's signature) or ``kvcache`` (sgl_kernel's)."""
+
+    name: str
+    varlen: Callable | None = None
+    kvcache: Callable | None = None
+    needs_hopper: bool = True
+
+
+@functools.cache
+def source() -> Source | None:
+    """The installed FA3, or None. Tests replace this function to simulate one."""
+    try:
+        from vllm.vllm_flash_attn import flash_attn_interface as fa
+        if fa.FA3_AVAILABLE:
+            return Source("vllm.vllm_flash_attn", varlen=fa.flash_attn_varlen_func)
+    except Exception:  # no vLLM, or a vLLM without CUDA kernels (the CPU build)
+        pass
+    try:
+        from sgl_kernel.flash_attn import flash_attn_with_kvcache
+        return Source("sgl_kernel.flash_attn", kvcache=flash_attn_with_kvcache)
+    except Exception:
+        return None
+
+
+def unavailable(device: torch.device) -> str | None:
+    """Why FA3 cannot run on ``device`` (None: it can)."""
+    src = source()
+    if src is None:
+        return "not installed (neither vllm.vllm_flash_attn nor sgl_kernel.flash_attn)"
+    if src.needs_hopper:
+        if device.type != "cuda":
+            return f"needs a CUDA device, got {device}"
+        if torch.cuda.get_device_capability(device)[0] != 9:
+            return "needs compute capability 9.x (Hopper)"
+    return None
+
+
+def uncovered_workload(w, plan: AttnPlan) -> str | None:
+    """Why FA3 does not cover this workload (a :class:`core.providers.Workload`), or None."""
+    if w.dtype not in HALF_DTYPES:
+        return f"dtype {w.dtype} (fp16/bf16 only)"
+    if w.kv_dtype != w.dtype:
+        return f"KV cache dtype {w.kv_dtype} differs from q's {w.dtype}"
+    if w.head_dim % 8 or w.head_dim > 256 or w.head_dim_v != w.head_dim:
+        return f"head dims {w.head_dim}/{w.head_dim_v} (multiples of 8 up to 256, Dv == D)"
+    if not plan.paged:
+        if source().varlen is None:
+            return "contiguous keys (sgl_kernel source: paged only)"
+        if not plan.keys_span_rows:
+            return "contiguous keys with seqused_k shorter than the cu_seqlens_k spans"
+    return None
+
+
+def uncovered_call(f) -> str | None:
+    """Why FA3 does not cover a call's per-layer features (:class:`CallFeatures`), or None."""
+    if f.masked:
+        return "masks / bias"
+    if f.fp8_descale:
+        return "fp8 descales"
+    if f.params.chunk_size > 0:
+        return "chunked-local attention"
+    if f.sinks is not None and f.sinks.dtype != torch.float32:
+        return f"sinks dtype {f.sinks.dtype} (float32 only)"
+    if f.strided:
+        return "a tensor whose last dim is not contiguous"
+    return None
+
+
+def run_fa3(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: AttnPlan,
+            params: AttnParams, *, sinks: torch.Tensor | None, out: torch.Tensor | None,
+            want_lse: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One FA3 launch for the plan; writes ``out`` when given. Graph-safe: every size is a
+    host int of the plan, and the split count is FA3's own heuristic on those (1 when the
+    plan is deterministic)."""
+    src = source()
+    window = [params.window_left, params.window_right]
+    splits = 1 if plan.deterministic else 0
+    if src.varlen is not None:
+        keys = (dict(seqused_k=plan.seqused_k, block_table=plan.page_table) if plan.paged
+                else dict(cu_seqlens_k=plan.cu_seqlens_k))
+        res = src.varlen(q, k_cache, v_cache, max_seqlen_q=plan.max_seqlen_q,
+                         cu_seqlens_q=plan.cu_seqlens_q, max_seqlen_k=plan.max_seqlen_k,
+                         softmax_scale=params.softmax_scale, causal=params.causal,
+                         window_size=window, softcap=params.softcap, out=out,
+                         return_softmax_lse=want_lse, num_splits=splits, fa_version=3,
+                         s_aux=sinks, **keys)
+    else:
+        res = src.kvcache(q, k_cache, v_cache, cache_seqlens=plan.seqused_k,
+                          page_table=plan.page_table, cu_seqlens_q=plan.cu_seqlens_q,
+                          max_seqlen_q=plan.max_seqlen_q, softmax_scale=params.softmax_scale,
+                          causal=params.causal, window_size=tuple(window),
+                          softcap=params.softcap, num_splits=splits, out=out,
+                          return_softmax_lse=want_lse, sinks=sinks)
+    o, lse = (res[0], res[1]) if want_lse else (res, None)
+    if lse is not None:
+        lse.masked_fill_(lse == float("inf"), float("-inf"))  # empty rows: anyattn's -inf
+    return o, lse
