@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import torch
@@ -31,6 +32,31 @@ def plan_for(q_lens: list[int], k_lens: list[int], table: torch.Tensor, hk: int,
                       torch.tensor(k_lens, dtype=torch.int32, device="cuda"),
                       max_seqlen_q=max(q_lens), max_seqlen_k=max(k_lens), page_table=table,
                       num_kv_heads=hk, **kw)
+
+
+ANYATTN_IMPLS = {"auto": "anyattn auto (paged)", "triton": "anyattn triton (paged)"}
+
+
+def anyattn_call(choice: str, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                 q_lens: list[int], k_lens: list[int], table: torch.Tensor, params, out,
+                 **plan_kw):
+    """``(run, provider)``: anyattn on its own plan with ``ANYATTN_KERNELS=choice``; the plan
+    picks its kernels on the first call, made here."""
+    from anyattn.core import ops
+
+    previous = os.environ.get("ANYATTN_KERNELS")
+    os.environ["ANYATTN_KERNELS"] = choice
+    try:
+        plan = plan_for(q_lens, k_lens, table, k_cache.shape[2], **plan_kw)
+        run = lambda: ops.attention(q, k_cache, v_cache, plan, params, out=out)  # noqa: E731
+        run()
+    finally:
+        if previous is None:
+            del os.environ["ANYATTN_KERNELS"]
+        else:
+            os.environ["ANYATTN_KERNELS"] = previous
+    (sched,) = plan.schedules.values()
+    return run, sched.provider, plan
 
 
 def gather_dense(cache: torch.Tensor, table: torch.Tensor, k_len: int) -> torch.Tensor:

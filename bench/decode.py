@@ -1,10 +1,11 @@
-"""Decode bandwidth (TB/s of K+V read): anyattn split-KV on a paged cache vs dense peers.
+"""Decode bandwidth (TB/s of K+V read): anyattn on a paged cache vs peers, one run.
 
 GQA 32/8, head dim 128, bf16, page 16 in random order; one query per sequence (or
-``--q-len`` > 1 for speculative verify). Peers: vLLM's Triton unified attention on the same
-paged cache (when bench/fetch_peers.sh filled .peers; split-KV below its batch threshold, as
-in vLLM), cuDNN SDPA and torch flash on dense tensors.
-Usage: python bench/decode.py [--shapes 64x4096,...] [--q-len 1]
+``--q-len`` > 1 for speculative verify). anyattn ``auto`` (its plan's provider) and
+``triton`` (its split-KV kernel); peers on the same paged cache: FlashAttention-3 (vLLM's
+``vllm_flash_attn``) and vLLM's Triton unified attention (split-KV below its batch threshold,
+as in vLLM); cuDNN SDPA and torch flash on dense tensors.
+Usage: python bench/decode.py [--shapes 64x4096,...] [--q-len 1] [--graph]
 """
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from anyattn.core import ops
 from anyattn.core.params import AttnParams
 
-from common import emit, gather_dense, graphed, markdown, paged_cache, plan_for, time_ms
-from peers import VLLM_UNIFIED, vllm_unified_call, vllm_unified_or_skip
+from common import (ANYATTN_IMPLS, anyattn_call, emit, gather_dense, graphed, markdown,
+                    paged_cache, time_ms)
+from peers import FA3, VLLM_UNIFIED, fa3_call, fa3_or_skip, vllm_unified_call, vllm_unified_or_skip
 
 HQ, HK, D, PAGE = 32, 8, 128, 16
 
@@ -35,6 +36,7 @@ def main() -> None:
     ql = args.q_len
     tag = "decode" if ql == 1 else f"verify{ql}"
     vllm_kernel = vllm_unified_or_skip(tag + mode)
+    fa = fa3_or_skip(tag + mode)
     src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
     ms = time_ms(lambda: dst.copy_(src))
@@ -46,12 +48,18 @@ def main() -> None:
         kv_bytes = 2 * batch * seq * HK * D * 2
         k_cache, v_cache, table = paged_cache([seq] * batch, HK, D, PAGE)
         q = torch.randn(batch * ql, HQ, D, device="cuda", dtype=torch.bfloat16)
-        plan = plan_for([ql] * batch, [seq] * batch, table, HK)
         params = AttnParams(softmax_scale=D ** -0.5)
         out = torch.empty_like(q)
-        ms = time_ms(wrap(lambda: ops.attention(q, k_cache, v_cache, plan, params, out=out)))
-        emit(rows, bench=tag + mode, shape=shape, impl="anyattn (paged)", ms=ms,
-             tbps=kv_bytes / ms / 1e9, splits=plan.num_splits)
+        for choice, name in ANYATTN_IMPLS.items():
+            run, provider, plan = anyattn_call(choice, q, k_cache, v_cache, [ql] * batch,
+                                               [seq] * batch, table, params, out)
+            ms = time_ms(wrap(run))
+            emit(rows, bench=tag + mode, shape=shape, impl=name, ms=ms,
+                 tbps=kv_bytes / ms / 1e9, splits=plan.num_splits, provider=provider)
+        if fa is not None:
+            ms = time_ms(wrap(fa3_call(fa, q, k_cache, v_cache, table, [ql] * batch,
+                                       [seq] * batch, D ** -0.5, out)))
+            emit(rows, bench=tag + mode, shape=shape, impl=FA3, ms=ms, tbps=kv_bytes / ms / 1e9)
         if vllm_kernel is not None:
             try:
                 ms = time_ms(wrap(vllm_unified_call(vllm_kernel, q, k_cache, v_cache, table,

@@ -1,9 +1,12 @@
-"""Peer kernels fetched into .peers/ by bench/fetch_peers.sh (never committed).
+"""Peer kernels: from an installed vLLM (on the lent GPU, the carried vLLM 0.26 site), else
+vLLM's Triton kernel fetched into .peers/ by bench/fetch_peers.sh (never committed).
 
-vLLM's Triton unified attention reads our paged cache as is (``[pages, page, Hk, D]`` with
-an int32 page table), so it runs on the same tensors as anyattn. It is called the way vLLM's
+Both read our paged cache as is (``[pages, page, Hk, D]`` with an int32 page table), so they
+run on the same tensors as anyattn. vLLM's Triton unified attention is called the way vLLM's
 Triton backend (``vllm/v1/attention/backends/triton_attn.py``) calls it, split-KV ("3D")
-scratch included, so decode batches below its threshold take the split path there too.
+scratch included; FlashAttention-3 (``vllm.vllm_flash_attn``, ``fa_version=3``) the way
+vLLM's FLASH_ATTN backend calls it, with the ahead-of-time scheduler metadata it computes
+once per step.
 """
 from __future__ import annotations
 
@@ -25,10 +28,18 @@ NUM_PAR_SOFTMAX_SEGMENTS = 16
 MAX_3D_QUERY_LEN = 8
 
 
+FA3 = "fa3 vllm_flash_attn (paged)"
+
+
 def load_vllm_unified() -> tuple[Callable | None, str]:
-    """``(unified_attention, "")`` from .peers, or ``(None, why it is unavailable)``."""
+    """``(unified_attention, "")`` from vLLM or .peers, or ``(None, why it is unavailable)``."""
+    try:
+        from vllm.v1.attention.ops.triton_unified_attention import unified_attention
+        return unified_attention, ""
+    except Exception:
+        pass
     if not (PEERS / "vllm").is_dir():
-        return None, f"{PEERS} absent: run bash bench/fetch_peers.sh and carry .peers"
+        return None, f"no vLLM and {PEERS} absent: run bash bench/fetch_peers.sh and carry .peers"
     if str(PEERS) not in sys.path:
         sys.path.insert(0, str(PEERS))
     try:
@@ -72,3 +83,37 @@ def vllm_unified_or_skip(bench: str) -> Callable | None:
     if kernel is None:
         print(json.dumps({"bench": bench, "impl": VLLM_UNIFIED, "skipped": why}), flush=True)
     return kernel
+
+
+def fa3_or_skip(bench: str):
+    """vLLM's FA3 module, or None after printing one JSON line saying why it is skipped."""
+    try:
+        from vllm.vllm_flash_attn import flash_attn_interface as fa
+        if fa.FA3_AVAILABLE:
+            return fa
+        why = fa.FA3_UNAVAILABLE_REASON
+    except Exception as e:
+        why = f"import failed: {type(e).__name__}: {e}"[:200]
+    print(json.dumps({"bench": bench, "impl": FA3, "skipped": why}), flush=True)
+    return None
+
+
+def fa3_call(fa, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+             table: torch.Tensor, q_lens: list[int], k_lens: list[int], scale: float,
+             out: torch.Tensor) -> Callable[[], None]:
+    """A no-argument causal FA3 call writing ``out``, as vLLM's FLASH_ATTN issues it."""
+    dev, (hq, d), hk = q.device, q.shape[1:], k_cache.shape[2]
+    cu_q = torch.zeros(len(q_lens) + 1, dtype=torch.int32, device=dev)
+    cu_q[1:] = torch.tensor(q_lens, device=dev).cumsum(0)
+    seqused_k = torch.tensor(k_lens, dtype=torch.int32, device=dev)
+    meta = fa.get_scheduler_metadata(
+        batch_size=len(q_lens), max_seqlen_q=max(q_lens), max_seqlen_k=max(k_lens),
+        num_heads_q=hq, num_heads_kv=hk, headdim=d, cache_seqlens=seqused_k,
+        qkv_dtype=q.dtype, cu_seqlens_q=cu_q, page_size=k_cache.shape[1], causal=True)
+
+    def run() -> None:
+        fa.flash_attn_varlen_func(q, k_cache, v_cache, max_seqlen_q=max(q_lens),
+                                  cu_seqlens_q=cu_q, max_seqlen_k=max(k_lens),
+                                  seqused_k=seqused_k, block_table=table, softmax_scale=scale,
+                                  causal=True, out=out, scheduler_metadata=meta, fa_version=3)
+    return run

@@ -1,8 +1,9 @@
-"""Causal prefill throughput (TFLOP/s): anyattn on a paged cache vs dense peers, one run.
+"""Causal prefill throughput (TFLOP/s): anyattn on a paged cache vs peers, one run.
 
-GQA 32/8, head dim 128, bf16, page 16 with pages in random order. Peers: vLLM's Triton
-unified attention on the same paged cache (when bench/fetch_peers.sh filled .peers), cuDNN
-SDPA and torch flash (FA2) through SDPA on dense contiguous tensors, FlexAttention (compiled).
+GQA 32/8, head dim 128, bf16, page 16 with pages in random order. anyattn twice: ``auto``
+(the provider its plan picks: FA3 where installed) and ``triton`` (its own kernels). Peers on
+the same paged cache: FlashAttention-3 (vLLM's ``vllm_flash_attn``) and vLLM's Triton unified
+attention; on dense contiguous tensors: cuDNN SDPA, torch flash (FA2), FlexAttention.
 Usage: python bench/prefill.py [--shapes 16x1024,4x4096] [--no-flex]
 """
 from __future__ import annotations
@@ -13,11 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from anyattn.core import ops
 from anyattn.core.params import AttnParams
 
-from common import emit, gather_dense, markdown, paged_cache, plan_for, time_ms
-from peers import VLLM_UNIFIED, vllm_unified_call, vllm_unified_or_skip
+from common import ANYATTN_IMPLS, anyattn_call, emit, gather_dense, markdown, paged_cache, time_ms
+from peers import FA3, VLLM_UNIFIED, fa3_call, fa3_or_skip, vllm_unified_call, vllm_unified_or_skip
 
 HQ, HK, D, PAGE = 32, 8, 128, 16
 
@@ -43,17 +43,24 @@ def main() -> None:
     args = ap.parse_args()
     rows: list[dict] = []
     vllm_kernel = vllm_unified_or_skip("prefill")
+    fa = fa3_or_skip("prefill")
     for shape in args.shapes.split(","):
         batch, seq = (int(x) for x in shape.split("x"))
         flops = 4 * batch * seq * seq * HQ * D / 2
         k_cache, v_cache, table = paged_cache([seq] * batch, HK, D, PAGE)
         q = torch.randn(batch * seq, HQ, D, device="cuda", dtype=torch.bfloat16)
-        plan = plan_for([seq] * batch, [seq] * batch, table, HK)
         params = AttnParams(softmax_scale=D ** -0.5)
         out = torch.empty_like(q)
-        ms = time_ms(lambda: ops.attention(q, k_cache, v_cache, plan, params, out=out))
-        emit(rows, bench="prefill", shape=shape, impl="anyattn (paged)", ms=ms,
-             tflops=flops / ms / 1e9)
+        for choice, name in ANYATTN_IMPLS.items():
+            run, provider, _ = anyattn_call(choice, q, k_cache, v_cache, [seq] * batch,
+                                            [seq] * batch, table, params, out)
+            ms = time_ms(run)
+            emit(rows, bench="prefill", shape=shape, impl=name, ms=ms, tflops=flops / ms / 1e9,
+                 provider=provider)
+        if fa is not None:
+            ms = time_ms(fa3_call(fa, q, k_cache, v_cache, table, [seq] * batch, [seq] * batch,
+                                  D ** -0.5, out))
+            emit(rows, bench="prefill", shape=shape, impl=FA3, ms=ms, tflops=flops / ms / 1e9)
         if vllm_kernel is not None:
             try:
                 ms = time_ms(vllm_unified_call(vllm_kernel, q, k_cache, v_cache, table,

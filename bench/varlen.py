@@ -1,16 +1,17 @@
 """Varlen prefill and extend-with-prefix against one sequence of the same token count.
 
-Target (issue 6): within 10% of the single sequence's TFLOP/s. GQA 32/8, d 128, bf16,
-page 16 in random order; FLOPs count only the visible (causal) part of each sequence.
+Targets: within 10% of the single sequence's TFLOP/s (issue 6), anyattn ``auto`` >= 0.98x
+FlashAttention-3 on the same batches (issue 11). GQA 32/8, d 128, bf16, page 16 in random
+order; FLOPs count only the visible (causal) part of each sequence.
 """
 from __future__ import annotations
 
 import torch
 
-from anyattn.core import ops
 from anyattn.core.params import AttnParams
 
-from common import emit, markdown, paged_cache, plan_for, time_ms
+from common import ANYATTN_IMPLS, anyattn_call, emit, markdown, paged_cache, time_ms
+from peers import FA3, fa3_call, fa3_or_skip
 
 HQ, HK, D, PAGE = 32, 8, 128, 16
 
@@ -21,26 +22,33 @@ def causal_flops(q_len: int, k_len: int) -> float:
     return 4 * visible * HQ * D
 
 
-def run(rows, name, q_lens, k_lens):
+def run(rows, fa, name, q_lens, k_lens):
     k_cache, v_cache, table = paged_cache(k_lens, HK, D, PAGE)
     q = torch.randn(sum(q_lens), HQ, D, device="cuda", dtype=torch.bfloat16)
-    plan = plan_for(q_lens, k_lens, table, HK)
     params = AttnParams(softmax_scale=D ** -0.5)
     out = torch.empty_like(q)
-    ms = time_ms(lambda: ops.attention(q, k_cache, v_cache, plan, params, out=out))
     flops = sum(causal_flops(a, b) for a, b in zip(q_lens, k_lens))
-    emit(rows, bench="varlen", shape=name, impl="anyattn (paged)", ms=ms, tflops=flops / ms / 1e9,
-         tokens=sum(q_lens))
+    for choice, impl in ANYATTN_IMPLS.items():
+        fn, provider, _ = anyattn_call(choice, q, k_cache, v_cache, q_lens, k_lens, table,
+                                       params, out)
+        ms = time_ms(fn)
+        emit(rows, bench="varlen", shape=name, impl=impl, ms=ms, tflops=flops / ms / 1e9,
+             tokens=sum(q_lens), provider=provider)
+    if fa is not None:
+        ms = time_ms(fa3_call(fa, q, k_cache, v_cache, table, q_lens, k_lens, D ** -0.5, out))
+        emit(rows, bench="varlen", shape=name, impl=FA3, ms=ms, tflops=flops / ms / 1e9,
+             tokens=sum(q_lens))
 
 
 def main() -> None:
     rows: list[dict] = []
-    run(rows, "1 x 16384", [16384], [16384])
+    fa = fa3_or_skip("varlen")
+    run(rows, fa, "1 x 16384", [16384], [16384])
     mixed = [8192, 4096, 2048, 1024, 512, 256, 128, 64, 32, 32, 16, 16, 8, 8, 4, 4]
-    run(rows, f"{len(mixed)} mixed, {sum(mixed)} tokens", mixed, mixed)
-    run(rows, "4 x (2048 new + 6144 prefix)", [2048] * 4, [8192] * 4)
-    run(rows, "1 x 8192", [8192], [8192])
-    run(rows, "1 x (8192 new + 8192 prefix)", [8192], [16384])
+    run(rows, fa, f"{len(mixed)} mixed, {sum(mixed)} tokens", mixed, mixed)
+    run(rows, fa, "4 x (2048 new + 6144 prefix)", [2048] * 4, [8192] * 4)
+    run(rows, fa, "1 x 8192", [8192], [8192])
+    run(rows, fa, "1 x (8192 new + 8192 prefix)", [8192], [16384])
     markdown(rows, "tflops", "TFLOP/s")
 
 

@@ -68,6 +68,8 @@ def unavailable(device: torch.device) -> str | None:
 
 def uncovered_workload(w, plan: AttnPlan) -> str | None:
     """Why FA3 does not cover this workload (a :class:`core.providers.Workload`), or None."""
+    if plan.deterministic:
+        return "deterministic plans keep anyattn's fixed split schedule"
     if w.dtype not in HALF_DTYPES:
         return f"dtype {w.dtype} (fp16/bf16 only)"
     if w.kv_dtype != w.dtype:
@@ -101,11 +103,9 @@ def run_fa3(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan:
             params: AttnParams, *, sinks: torch.Tensor | None, out: torch.Tensor | None,
             want_lse: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One FA3 launch for the plan; writes ``out`` when given. Graph-safe: every size is a
-    host int of the plan, and the split count is FA3's own heuristic on those (1 when the
-    plan is deterministic)."""
+    host int of the plan, and the split count is FA3's own heuristic on those."""
     src = source()
     window = [params.window_left, params.window_right]
-    splits = 1 if plan.deterministic else 0
     if src.varlen is not None:
         keys = (dict(seqused_k=plan.seqused_k, block_table=plan.page_table) if plan.paged
                 else dict(cu_seqlens_k=plan.cu_seqlens_k))
@@ -113,14 +113,14 @@ def run_fa3(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan:
                          cu_seqlens_q=plan.cu_seqlens_q, max_seqlen_k=plan.max_seqlen_k,
                          softmax_scale=params.softmax_scale, causal=params.causal,
                          window_size=window, softcap=params.softcap, out=out,
-                         return_softmax_lse=want_lse, num_splits=splits, fa_version=3,
+                         return_softmax_lse=want_lse, num_splits=0, fa_version=3,
                          s_aux=sinks, **keys)
     else:
         res = src.kvcache(q, k_cache, v_cache, cache_seqlens=plan.seqused_k,
                           page_table=plan.page_table, cu_seqlens_q=plan.cu_seqlens_q,
                           max_seqlen_q=plan.max_seqlen_q, softmax_scale=params.softmax_scale,
                           causal=params.causal, window_size=tuple(window),
-                          softcap=params.softcap, num_splits=splits, out=out,
+                          softcap=params.softcap, num_splits=0, out=out,
                           return_softmax_lse=want_lse, sinks=sinks)
     o, lse = (res[0], res[1]) if want_lse else (res, None)
     if lse is not None:

@@ -1,0 +1,137 @@
+"""One vLLM engine on the GPU: a tiny random model, one attention backend, greedy; one JSON.
+
+  python ci/gpu/serve_one.py MODEL_DIR BACKEND OUT.json [--spec-ngram K]
+
+vLLM's defaults otherwise: bf16, torch.compile + CUDA graphs (FULL_AND_PIECEWISE), prefix
+caching and chunked prefill on (a 512-token step budget splits the long prompts, so steps mix
+prefill chunks with decodes). Two passes over the same prompts: (1) prompt logprobs of every
+prompt token, (2) 32 generated tokens with the top-2 logprobs at each step (the second pass
+reads the first one's cached prefixes). The engine core runs in this process
+(VLLM_ENABLE_V1_MULTIPROCESSING=0) so vLLM's own CUDA-graph counters (``CUDAGraphStat``: how
+many steps ran FULL / PIECEWISE / NONE) can be read here.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import random
+import time
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+
+PROMPT_LENS = [1, 2, 7, 31, 64, 100, 128, 255, 300, 511, 700, 1000, 1024, 1500, 1999, 2000]
+SHARED_PREFIX = 384  # the last eight prompts start with the same 384 tokens
+MAX_TOKENS = 32
+VOCAB = 2048
+
+
+def prompts(seed: int = 0, repetitive: bool = False) -> list[list[int]]:
+    """Token-id prompts of 1..2000 tokens; ``repetitive`` ones repeat a 40-token motif, so
+    ngram speculation finds drafts from the first decode step on."""
+    rng = random.Random(seed)
+    prefix = [rng.randrange(3, VOCAB) for _ in range(SHARED_PREFIX)]
+    out = []
+    for i, n in enumerate(PROMPT_LENS):
+        if repetitive:
+            motif = [rng.randrange(3, VOCAB) for _ in range(40)]
+            out.append((motif * (n // 40 + 1))[:n])
+            continue
+        head = prefix if i >= 8 and n > SHARED_PREFIX else []
+        out.append(head + [rng.randrange(3, VOCAB) for _ in range(n - len(head))])
+    return out
+
+
+def record_cudagraph_stats() -> collections.Counter:
+    """Count vLLM's own per-step CUDAGraphStat records (runtime mode, padded tokens)."""
+    from vllm.compilation import cuda_graph
+
+    counts: collections.Counter = collections.Counter()
+    observe = cuda_graph.CUDAGraphLogging.observe
+
+    def counting(self, stat):
+        counts[(stat.runtime_mode, stat.num_unpadded_tokens, stat.num_padded_tokens)] += 1
+        return observe(self, stat)
+
+    cuda_graph.CUDAGraphLogging.observe = counting
+    return counts
+
+
+def attention_impls(model) -> list[str]:
+    from vllm.model_executor.layers.attention import Attention
+    return sorted({type(m.impl).__name__ for m in model.modules() if isinstance(m, Attention)})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("backend")
+    ap.add_argument("out")
+    ap.add_argument("--spec-ngram", type=int, default=0, help="ngram speculative tokens")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--eager", action="store_true", help="no torch.compile, no CUDA graphs")
+    args = ap.parse_args()
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    counts = record_cudagraph_stats()
+    spec = None
+    if args.spec_ngram:
+        spec = dict(method="ngram", num_speculative_tokens=args.spec_ngram,
+                    prompt_lookup_min=2, prompt_lookup_max=5)
+    t0 = time.perf_counter()
+    llm = LLM(model=args.model, attention_backend=args.backend, skip_tokenizer_init=True,
+              dtype=args.dtype, enforce_eager=args.eager, seed=0, max_model_len=4096, max_num_seqs=32,
+              enable_prefix_caching=True, enable_chunked_prefill=True,
+              max_num_batched_tokens=512, gpu_memory_utilization=0.05,
+              kv_cache_memory_bytes=3 << 30, speculative_config=spec,
+              disable_log_stats=False, cudagraph_metrics=True)
+    start_s = time.perf_counter() - t0
+    impls = sorted({n for names in llm.apply_model(attention_impls) for n in names})
+    toks = [TokensPrompt(prompt_token_ids=p) for p in prompts(repetitive=bool(spec))]
+    result = dict(model=os.path.basename(args.model.rstrip("/")), backend=args.backend,
+                  spec_ngram=args.spec_ngram, impls=impls, engine_start_s=round(start_s, 1))
+    if not spec:
+        outs = llm.generate(toks, SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True,
+                                                 detokenize=False, prompt_logprobs=1),
+                            use_tqdm=False)
+        result["prompt_logprobs"] = [
+            [None if lp is None else lp[tok].logprob
+             for tok, lp in zip(o.prompt_token_ids, o.prompt_logprobs)] for o in outs]
+    counts.clear()  # from here on: the generation pass only
+    t0 = time.perf_counter()
+    outs = llm.generate(toks, SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS,
+                                             ignore_eos=True, detokenize=False, logprobs=2),
+                        use_tqdm=False)
+    result["generate_s"] = round(time.perf_counter() - t0, 3)
+    result["tokens"] = [list(o.outputs[0].token_ids) for o in outs]
+    result["top2"] = [[sorted((v.logprob for v in step.values()), reverse=True)[:2]
+                       for step in o.outputs[0].logprobs] for o in outs]
+    result["cached_tokens"] = [o.num_cached_tokens or 0 for o in outs]
+    modes: collections.Counter = collections.Counter()
+    for (mode, _, _), n in counts.items():
+        modes[mode] += n
+    result["cudagraph_steps"] = dict(modes)
+    result["cudagraph_stats"] = [[m, u, p, n] for (m, u, p), n in counts.most_common(12)]
+    if spec:
+        result["spec_metrics"] = spec_metrics(llm)
+    with open(args.out, "w") as f:
+        json.dump(result, f)
+    print(json.dumps({k: v for k, v in result.items()
+                      if k not in ("prompt_logprobs", "tokens", "top2")}), flush=True)
+
+
+def spec_metrics(llm) -> dict:
+    """vLLM's speculative-decoding counters (drafts proposed / accepted)."""
+    out = {}
+    for m in llm.get_metrics():
+        if m.name.startswith("vllm:spec_decode") and hasattr(m, "value"):
+            out[m.name] = m.value
+    return out
+
+
+if __name__ == "__main__":
+    main()
+    os._exit(0)  # vLLM can leave non-daemon threads behind; the JSON is written
