@@ -91,6 +91,17 @@ def emit(rows: list[dict], **row) -> None:
     print(json.dumps(row), flush=True)
 
 
+def emit_timed(rows: list[dict], make, metric: str, amount: float, **row) -> None:
+    """Time the callable ``make()`` returns and emit ``ms`` and ``metric = amount / ms / 1e9``;
+    a peer or provider that fails on this shape becomes an error row, not a crash."""
+    try:
+        ms = time_ms(make())
+    except Exception as e:
+        emit(rows, **row, error=f"{type(e).__name__}: {e}"[:200])
+        return
+    emit(rows, **row, ms=ms, **{metric: amount / ms / 1e9})
+
+
 def markdown(rows: list[dict], metric: str, unit: str) -> None:
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
     impls = list(dict.fromkeys(r["impl"] for r in rows))

@@ -17,8 +17,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from anyattn.core.params import AttnParams
 
-from common import (ANYATTN_IMPLS, anyattn_call, emit, gather_dense, graphed, markdown,
-                    paged_cache, time_ms)
+from common import (ANYATTN_IMPLS, anyattn_call, emit, emit_timed, gather_dense, graphed,
+                    markdown, paged_cache, time_ms)
 from peers import FA3, VLLM_UNIFIED, fa3_call, fa3_or_skip, vllm_unified_call, vllm_unified_or_skip
 
 HQ, HK, D, PAGE = 32, 8, 128, 16
@@ -50,24 +50,21 @@ def main() -> None:
         q = torch.randn(batch * ql, HQ, D, device="cuda", dtype=torch.bfloat16)
         params = AttnParams(softmax_scale=D ** -0.5)
         out = torch.empty_like(q)
+        row = dict(bench=tag + mode, shape=shape)
         for choice, name in ANYATTN_IMPLS.items():
             run, provider, plan = anyattn_call(choice, q, k_cache, v_cache, [ql] * batch,
                                                [seq] * batch, table, params, out)
-            ms = time_ms(wrap(run))
-            emit(rows, bench=tag + mode, shape=shape, impl=name, ms=ms,
-                 tbps=kv_bytes / ms / 1e9, splits=plan.num_splits, provider=provider)
+            emit_timed(rows, lambda: wrap(run), "tbps", kv_bytes, **row, impl=name,
+                       splits=plan.num_splits, provider=provider)
         if fa is not None:
-            ms = time_ms(wrap(fa3_call(fa, q, k_cache, v_cache, table, [ql] * batch,
-                                       [seq] * batch, D ** -0.5, out)))
-            emit(rows, bench=tag + mode, shape=shape, impl=FA3, ms=ms, tbps=kv_bytes / ms / 1e9)
+            emit_timed(rows, lambda: wrap(fa3_call(fa, q, k_cache, v_cache, table, [ql] * batch,
+                                                   [seq] * batch, D ** -0.5, out)),
+                       "tbps", kv_bytes, **row, impl=FA3)
         if vllm_kernel is not None:
-            try:
-                ms = time_ms(wrap(vllm_unified_call(vllm_kernel, q, k_cache, v_cache, table,
-                                                    [ql] * batch, [seq] * batch, D ** -0.5, out)))
-                emit(rows, bench=tag + mode, shape=shape, impl=VLLM_UNIFIED, ms=ms,
-                     tbps=kv_bytes / ms / 1e9)
-            except Exception as e:
-                emit(rows, bench=tag + mode, shape=shape, impl=VLLM_UNIFIED, error=str(e)[:120])
+            emit_timed(rows, lambda: wrap(vllm_unified_call(vllm_kernel, q, k_cache, v_cache,
+                                                            table, [ql] * batch, [seq] * batch,
+                                                            D ** -0.5, out)),
+                       "tbps", kv_bytes, **row, impl=VLLM_UNIFIED)
         qd = q.view(batch, ql, HQ, D).transpose(1, 2)
         kd, vd = gather_dense(k_cache, table, seq), gather_dense(v_cache, table, seq)
         del k_cache, v_cache
@@ -78,11 +75,7 @@ def main() -> None:
                     # Causal with q_len > 1 would be top-left aligned in SDPA: verify uses a
                     # full mask for the peer, which reads the same bytes.
                     return F.scaled_dot_product_attention(qd, kd, vd, enable_gqa=True)
-            try:
-                ms = time_ms(wrap(run))
-                emit(rows, bench=tag + mode, shape=shape, impl=name, ms=ms, tbps=kv_bytes / ms / 1e9)
-            except Exception as e:
-                emit(rows, bench=tag + mode, shape=shape, impl=name, error=str(e)[:120])
+            emit_timed(rows, lambda: wrap(run), "tbps", kv_bytes, **row, impl=name)
         del kd, vd
         torch.cuda.empty_cache()
     markdown(rows, "tbps", "TB/s")

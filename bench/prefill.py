@@ -16,7 +16,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from anyattn.core.params import AttnParams
 
-from common import ANYATTN_IMPLS, anyattn_call, emit, gather_dense, markdown, paged_cache, time_ms
+from common import ANYATTN_IMPLS, anyattn_call, emit_timed, gather_dense, markdown, paged_cache
 from peers import FA3, VLLM_UNIFIED, fa3_call, fa3_or_skip, vllm_unified_call, vllm_unified_or_skip
 
 HQ, HK, D, PAGE = 32, 8, 128, 16
@@ -51,24 +51,20 @@ def main() -> None:
         q = torch.randn(batch * seq, HQ, D, device="cuda", dtype=torch.bfloat16)
         params = AttnParams(softmax_scale=D ** -0.5)
         out = torch.empty_like(q)
+        row = dict(bench="prefill", shape=shape)
         for choice, name in ANYATTN_IMPLS.items():
             run, provider, _ = anyattn_call(choice, q, k_cache, v_cache, [seq] * batch,
                                             [seq] * batch, table, params, out)
-            ms = time_ms(run)
-            emit(rows, bench="prefill", shape=shape, impl=name, ms=ms, tflops=flops / ms / 1e9,
-                 provider=provider)
+            emit_timed(rows, lambda: run, "tflops", flops, **row, impl=name, provider=provider)
         if fa is not None:
-            ms = time_ms(fa3_call(fa, q, k_cache, v_cache, table, [seq] * batch, [seq] * batch,
-                                  D ** -0.5, out))
-            emit(rows, bench="prefill", shape=shape, impl=FA3, ms=ms, tflops=flops / ms / 1e9)
+            emit_timed(rows, lambda: fa3_call(fa, q, k_cache, v_cache, table, [seq] * batch,
+                                              [seq] * batch, D ** -0.5, out),
+                       "tflops", flops, **row, impl=FA3)
         if vllm_kernel is not None:
-            try:
-                ms = time_ms(vllm_unified_call(vllm_kernel, q, k_cache, v_cache, table,
-                                               [seq] * batch, [seq] * batch, D ** -0.5, out))
-                emit(rows, bench="prefill", shape=shape, impl=VLLM_UNIFIED, ms=ms,
-                     tflops=flops / ms / 1e9)
-            except Exception as e:
-                emit(rows, bench="prefill", shape=shape, impl=VLLM_UNIFIED, error=str(e)[:120])
+            emit_timed(rows, lambda: vllm_unified_call(vllm_kernel, q, k_cache, v_cache, table,
+                                                       [seq] * batch, [seq] * batch, D ** -0.5,
+                                                       out),
+                       "tflops", flops, **row, impl=VLLM_UNIFIED)
         qd = q.view(batch, seq, HQ, D).transpose(1, 2).contiguous()
         kd, vd = gather_dense(k_cache, table, seq), gather_dense(v_cache, table, seq)
         kx, vx = (t.repeat_interleave(HQ // HK, 1) for t in (kd, vd))
@@ -77,11 +73,7 @@ def main() -> None:
         if not args.no_flex:
             peers.append(("flexattention (dense)", flex_peer(seq), kd, vd))
         for name, fn, kk, vv in peers:
-            try:
-                ms = time_ms(lambda: fn(qd, kk, vv))
-                emit(rows, bench="prefill", shape=shape, impl=name, ms=ms, tflops=flops / ms / 1e9)
-            except Exception as e:  # a peer that cannot run this shape is reported, not fatal
-                emit(rows, bench="prefill", shape=shape, impl=name, error=str(e)[:120])
+            emit_timed(rows, lambda: (lambda: fn(qd, kk, vv)), "tflops", flops, **row, impl=name)
         del kx, vx, kd, vd, qd, k_cache, v_cache
         torch.cuda.empty_cache()
     markdown(rows, "tflops", "TFLOP/s")

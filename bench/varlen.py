@@ -10,7 +10,7 @@ import torch
 
 from anyattn.core.params import AttnParams
 
-from common import ANYATTN_IMPLS, anyattn_call, emit, markdown, paged_cache, time_ms
+from common import ANYATTN_IMPLS, anyattn_call, emit_timed, markdown, paged_cache
 from peers import FA3, fa3_call, fa3_or_skip
 
 HQ, HK, D, PAGE = 32, 8, 128, 16
@@ -28,16 +28,14 @@ def run(rows, fa, name, q_lens, k_lens):
     params = AttnParams(softmax_scale=D ** -0.5)
     out = torch.empty_like(q)
     flops = sum(causal_flops(a, b) for a, b in zip(q_lens, k_lens))
+    row = dict(bench="varlen", shape=name, tokens=sum(q_lens))
     for choice, impl in ANYATTN_IMPLS.items():
         fn, provider, _ = anyattn_call(choice, q, k_cache, v_cache, q_lens, k_lens, table,
                                        params, out)
-        ms = time_ms(fn)
-        emit(rows, bench="varlen", shape=name, impl=impl, ms=ms, tflops=flops / ms / 1e9,
-             tokens=sum(q_lens), provider=provider)
+        emit_timed(rows, lambda: fn, "tflops", flops, **row, impl=impl, provider=provider)
     if fa is not None:
-        ms = time_ms(fa3_call(fa, q, k_cache, v_cache, table, q_lens, k_lens, D ** -0.5, out))
-        emit(rows, bench="varlen", shape=name, impl=FA3, ms=ms, tflops=flops / ms / 1e9,
-             tokens=sum(q_lens))
+        emit_timed(rows, lambda: fa3_call(fa, q, k_cache, v_cache, table, q_lens, k_lens,
+                                          D ** -0.5, out), "tflops", flops, **row, impl=FA3)
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from anyattn.core import ops, providers
-from anyattn.core.builders import build_plan, cu_seqlens
+from anyattn.core.builders import build_plan
 from anyattn.core.graph import GraphPlanBuffers
 from anyattn.core.kernels import fa3
 from anyattn.core.params import AttnParams
@@ -22,6 +22,8 @@ from anyattn.core.reference import reference_attention
 from batches import paged_batch
 
 HQ, HK, D = 8, 2, 32
+# CPU: the Triton kernels under the interpreter; a CUDA machine: compiled, on CUDA tensors.
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _reference(q, k, v, plan, params, sinks):
@@ -99,7 +101,7 @@ def kernel_calls(monkeypatch):
 
 def _batch(q_lens, k_lens, dtype=torch.float16, seed=0, **kw):
     return paged_batch(q_lens, k_lens, hq=HQ, hk=HK, d=D, page_size=16, dtype=dtype, seed=seed,
-                       **kw)
+                       device=DEV, **kw)
 
 
 def _run(b, params, **kw):
@@ -130,8 +132,8 @@ def test_no_fa3_on_cpu_means_triton(monkeypatch, kernel_calls):
 def test_prefill_goes_to_fa3_with_the_same_semantics(fake_fa3, kernel_calls, params):
     # Sequences with no keys, one token, a long prompt and an extend with prefix; GQA 4.
     b = _batch([0, 1, 37, 9], [0, 1, 37, 50], seed=3)
-    sinks = torch.randn(HQ)
-    out = torch.full((b.q.shape[0], HQ, D), math.nan, dtype=b.q.dtype)
+    sinks = torch.randn(HQ, device=DEV)
+    out = torch.full((b.q.shape[0], HQ, D), math.nan, dtype=b.q.dtype, device=DEV)
     got, lse = _run(b, params, sinks=sinks, out=out, return_lse=True)
     want, want_lse = reference_attention(b.q, b.k_cache, b.v_cache, b.plan, params, sinks=sinks)
     assert got is out and fake_fa3.calls and not kernel_calls
@@ -189,22 +191,24 @@ def test_uncovered_calls_fall_back_to_triton(fake_fa3, kernel_calls, case):
     q, k, v, params, kw = b.q, b.k_cache, b.v_cache, P, {}
     if case == "fp8-kv":
         k, v = _fp8(b)
-        kw = dict(k_descale=torch.full((2, HK), 0.5), v_descale=torch.full((2, HK), 2.0))
+        kw = dict(k_descale=torch.full((2, HK), 0.5, device=DEV),
+                  v_descale=torch.full((2, HK), 2.0, device=DEV))
     elif case == "chunked":
         params = AttnParams(softmax_scale=D ** -0.5, chunk_size=16)
     elif case == "bf16-sinks":
-        kw = dict(sinks=torch.randn(HQ).bfloat16())
+        kw = dict(sinks=torch.randn(HQ, device=DEV).bfloat16())
     elif case == "mask":
-        kw = dict(attn_mask=torch.rand(43, 1) < 0.7)
+        kw = dict(attn_mask=torch.rand(43, 1, device=DEV) < 0.7)
     elif case == "bias":
-        kw = dict(attn_bias=torch.randn(43, HK))
+        kw = dict(attn_bias=torch.randn(43, HK, device=DEV))
     elif case == "strided-q":
         q = torch.cat([q, q], dim=-1)[..., ::2]
     got = ops.attention(q, k, v, b.plan, params, **kw)
     want = reference_attention(q, k, v, b.plan, params, **{
         key: val for key, val in kw.items() if key in ("sinks", "k_descale", "v_descale")},
         **_reference_masks(b, kw, q))[0]
-    _close(got, want, tol=1e-2 if case == "fp8-kv" else 2e-3)
+    # fp8 rounds K/V; on CUDA a float32 dot runs in TF32.
+    _close(got, want, tol=1e-2 if case == "fp8-kv" or (case == "fp32" and DEV == "cuda") else 2e-3)
     assert kernel_calls and not fake_fa3.calls
 
 
@@ -219,11 +223,11 @@ def _reference_masks(b, kw, q):
 def test_contiguous_keys(fake_fa3, kernel_calls):
     """FA3 takes contiguous keys only when each sequence uses its whole cu_seqlens_k span."""
     gen = torch.Generator().manual_seed(5)
-    k = torch.randn(60, HK, D, generator=gen).half()
-    v = torch.randn(60, HK, D, generator=gen).half()
-    q = torch.randn(48, HQ, D, generator=gen).half()
-    cu = torch.tensor([0, 20, 48], dtype=torch.int32)
-    cu_k = torch.tensor([0, 25, 60], dtype=torch.int32)
+    k = torch.randn(60, HK, D, generator=gen).half().to(DEV)
+    v = torch.randn(60, HK, D, generator=gen).half().to(DEV)
+    q = torch.randn(48, HQ, D, generator=gen).half().to(DEV)
+    cu = torch.tensor([0, 20, 48], dtype=torch.int32, device=DEV)
+    cu_k = torch.tensor([0, 25, 60], dtype=torch.int32, device=DEV)
     got = ops.flash_attn_varlen_func(q, k, v, cu, cu_k, causal=True)
     plan = build_plan(cu, None, max_seqlen_q=28, max_seqlen_k=35, cu_seqlens_k=cu_k)
     _close(got, reference_attention(q, k, v, plan, P)[0])
@@ -231,10 +235,10 @@ def test_contiguous_keys(fake_fa3, kernel_calls):
     assert bool(fake_fa3.calls) == uses_fa3 and bool(kernel_calls) != uses_fa3
     # seqused_k shorter than the spans: Triton (the vLLM wrapper takes one or the other).
     fake_fa3.calls.clear()
-    short = torch.tensor([10, 30], dtype=torch.int32)
-    got = ops.flash_attn_varlen_func(q[:40], k, v, torch.tensor([0, 10, 40], dtype=torch.int32),
+    short = torch.tensor([10, 30], dtype=torch.int32, device=DEV)
+    got = ops.flash_attn_varlen_func(q[:40], k, v, torch.tensor([0, 10, 40], dtype=torch.int32, device=DEV),
                                      cu_k, seqused_k=short, causal=True)
-    plan = build_plan(torch.tensor([0, 10, 40], dtype=torch.int32), short, max_seqlen_q=30,
+    plan = build_plan(torch.tensor([0, 10, 40], dtype=torch.int32, device=DEV), short, max_seqlen_q=30,
                       max_seqlen_k=30, cu_seqlens_k=cu_k)
     _close(got, reference_attention(q[:40], k, v, plan, P)[0])
     assert not fake_fa3.calls
@@ -245,7 +249,7 @@ def test_bad_input_raises_before_any_provider(fake_fa3, kernel_calls):
     with pytest.raises(ValueError, match="num_kv_heads"):
         ops.attention(b.q[:, :7], b.k_cache, b.v_cache, b.plan, P)
     with pytest.raises(ValueError, match="out"):
-        ops.attention(b.q, b.k_cache, b.v_cache, b.plan, P, out=torch.empty(3, HQ, D).half())
+        ops.attention(b.q, b.k_cache, b.v_cache, b.plan, P, out=torch.empty(3, HQ, D, device=DEV).half())
     assert not fake_fa3.calls and not kernel_calls and not b.plan.schedules
 
 
@@ -260,20 +264,20 @@ def test_empty_batch_returns_empty_output(fake_fa3, monkeypatch, impl):
     b = _batch([5], [20])
     q = b.q[:0]
     out, lse = ops.flash_attn_with_kvcache(
-        q, b.k_cache, b.v_cache, cache_seqlens=torch.zeros(0, dtype=torch.int32),
-        page_table=b.plan.page_table[:0], cu_seqlens_q=torch.zeros(1, dtype=torch.int32),
+        q, b.k_cache, b.v_cache, cache_seqlens=torch.zeros(0, dtype=torch.int32, device=DEV),
+        page_table=b.plan.page_table[:0], cu_seqlens_q=torch.zeros(1, dtype=torch.int32, device=DEV),
         causal=True, return_softmax_lse=True)
     assert out.shape == (0, HQ, D) and lse.shape == (HQ, 0)
     out = ops.flash_attn_varlen_func(q, b.k_cache[0], b.v_cache[0],
-                                     torch.zeros(1, dtype=torch.int32),
-                                     torch.zeros(1, dtype=torch.int32))
+                                     torch.zeros(1, dtype=torch.int32, device=DEV),
+                                     torch.zeros(1, dtype=torch.int32, device=DEV))
     assert out.shape == (0, HQ, D) and not fake_fa3.calls
 
 
 def test_graph_plan_keeps_its_choice_across_steps(fake_fa3):
     """The schedule is chosen once per captured batch size and survives in-place updates."""
-    w = providers.Workload(torch.device("cpu"), torch.float16, torch.float16, D, D, HQ, HK)
-    bufs = GraphPlanBuffers(4, 8, max_seqlen_q=8, page_size=16, num_kv_heads=HK, device="cpu",
+    w = providers.Workload(torch.device(DEV), torch.float16, torch.float16, D, D, HQ, HK)
+    bufs = GraphPlanBuffers(4, 8, max_seqlen_q=8, page_size=16, num_kv_heads=HK, device=DEV,
                             workload=w)
     first = bufs.plan(2)
     assert first.schedules[w].provider == "fa3"  # 8 tokens x group 4 = 32 rows

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Device-side steps of a GPU session on the lent H200 (see ../shared/device/README.md):
+#   bash ci/gpu/device.sh stash FILE...      copy carried vLLM site pieces to /tmp/stash
+#   bash ci/gpu/device.sh start [STAGE ...]  install the site + anyattn, start pipeline.sh detached
+#   bash ci/gpu/device.sh collect [WAIT_S]   wait up to WAIT_S for it to finish, pack results to $OUT
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+R=/tmp/anyattn-results
+case $1 in
+  stash) shift; mkdir -p /tmp/stash && cp "$@" /tmp/stash/ && ls -l /tmp/stash ;;
+  start) shift
+    bash .whl/vllm026/install.sh /tmp/stash || exit 1
+    python3 -m pip install -q --no-deps --no-build-isolation -e . || exit 1
+    mkdir -p "$R"
+    setsid nohup bash ci/gpu/pipeline.sh "$R" "$@" > "$R/pipeline.out" 2>&1 < /dev/null &
+    sleep 5; cat "$R/stages.log" ;;
+  collect)
+    deadline=$(( $(date +%s) + ${2:-0} ))
+    while ! grep -q "all done" "$R/stages.log" 2>/dev/null && [ "$(date +%s)" -lt "$deadline" ]; do
+      sleep 10
+    done
+    cat "$R/stages.log"
+    tar -C /tmp -czf "$OUT/results.tgz" anyattn-results
+    for f in "$R"/*.log; do echo "--- $(basename "$f") (tail)"; tail -n 15 "$f"; done | tail -c 9000 ;;
+esac

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Every GPU check and figure of a device session, in one unattended run (started detached by
+# ci/gpu/device.sh start, so later device calls only collect its results):
+#   env     versions, devices
+#   serving tests/gpu/test_vllm_serving.py (vLLM + anyattn vs FLASH_ATTN / TRITON_ATTN)
+#   tests   tests/core + tests/gpu on CUDA (bf16 sweep, FA3 provider, CUDA graphs)
+#   bench   bench/run_all.sh (kernels: anyattn auto / triton vs FA3, vLLM Triton, cuDNN)
+#   e2e     ci/gpu/throughput.py (Llama-3-8B-shaped, anyattn vs FLASH_ATTN vs TRITON_ATTN)
+# Usage: bash ci/gpu/pipeline.sh RESULTS_DIR [STAGE ...]   (default: every stage, in order)
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+R=$(realpath -m "$1"); shift
+mkdir -p "$R"
+export PYTHONPATH=${PYTHONPATH:-/tmp/vsite} PYTHONUNBUFFERED=1 VLLM_NO_USAGE_STATS=1
+export ANYATTN_MODELS=${ANYATTN_MODELS:-/tmp/anyattn-models}
+stages=("$@")
+[ ${#stages[@]} -gt 0 ] || stages=(env serving tests bench e2e)
+
+run_stage() {
+  case $1 in
+    env) nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+         python3 -c "import torch, triton, vllm; from anyattn.core.kernels import fa3; \
+print('torch', torch.__version__, 'triton', triton.__version__, 'vllm', vllm.__version__, \
+'fa3', fa3.source(), fa3.unavailable(torch.device('cuda')))" ;;
+    serving) ANYATTN_SERVING_OUT="$R/serving" python3 -m pytest -q -rs tests/gpu/test_vllm_serving.py ;;
+    tests) python3 -m pytest -q -rs -n 8 tests/core tests/gpu --deselect tests/gpu/test_vllm_serving.py ;;
+    bench) OUT="$R/bench" bash bench/run_all.sh --no-flex ;;
+    e2e) python3 ci/gpu/throughput.py "$R/throughput.jsonl" ;;
+    e2e_full) python3 ci/gpu/throughput.py "$R/throughput.jsonl" --backends FLASH_ATTN:FULL,CUSTOM:FULL_AND_PIECEWISE ;;
+    *) echo "unknown stage $1"; return 2 ;;
+  esac
+}
+
+for s in "${stages[@]}"; do
+  echo "== $s start $(date +%T)" >> "$R/stages.log"
+  run_stage "$s" > "$R/$s.log" 2>&1
+  echo "== $s rc=$? end $(date +%T)" >> "$R/stages.log"
+done
+echo "== all done $(date +%T)" >> "$R/stages.log"
