@@ -44,6 +44,13 @@ class Workload:
     num_heads: int
     num_kv_heads: int
 
+    def __post_init__(self) -> None:
+        # One key per physical device: "cuda" and "cuda:0" name the same GPU.
+        device = torch.device(self.device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        object.__setattr__(self, "device", device)
+
     @classmethod
     def of(cls, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> Workload:
         return cls(q.device, q.dtype, k_cache.dtype, q.shape[-1], v_cache.shape[-1],
@@ -70,6 +77,7 @@ class CallFeatures:
     """Per-call facts a provider may not cover (host attributes only)."""
 
     params: AttnParams
+    dtype: torch.dtype
     sinks: torch.Tensor | None
     fp8_descale: bool
     masked: bool
@@ -126,5 +134,5 @@ def features(params: AttnParams, *, q: torch.Tensor, k_cache: torch.Tensor,
              k_descale: torch.Tensor | None, v_descale: torch.Tensor | None, masked: bool,
              want_lse: bool) -> CallFeatures:
     strided = any(t is not None and t.stride(-1) != 1 for t in (q, k_cache, v_cache, out))
-    return CallFeatures(params, sinks, k_descale is not None or v_descale is not None, masked,
-                        want_lse, strided)
+    return CallFeatures(params, q.dtype, sinks, k_descale is not None or v_descale is not None,
+                        masked, want_lse, strided)

@@ -23,10 +23,12 @@ class Batch:
 def paged_batch(q_lens: list[int], k_lens: list[int], *, hq: int, hk: int, d: int, dv: int | None = None,
                 page_size: int = 16, dtype=torch.float32, device="cpu", seed: int = 0,
                 num_splits: int | None = None, deterministic: bool = False,
-                extra_pages: int = 3, cache_layout: str = "nhd") -> Batch:
+                extra_pages: int = 3, cache_layout: str = "nhd", poison: float = math.nan) -> Batch:
     """Sequences with ``q_lens``/``k_lens`` over a cache whose pages are in random order.
 
-    Slots that hold no key are NaN, so a kernel that reads past a sequence shows it.
+    Slots that hold no key are ``poison``: NaN by default, so a kernel that reads past a
+    sequence shows it; a large finite value for kernels that load and mask (FA3), where only
+    a wrong result shows a wrong read.
     ``cache_layout="vllm"`` stores K and V in one ``[pages, Hk, page_size, D + Dv]`` tensor and
     hands out strided NHD views of it, as vLLM does.
     """
@@ -35,11 +37,11 @@ def paged_batch(q_lens: list[int], k_lens: list[int], *, hq: int, hk: int, d: in
     pages_per_seq = [math.ceil(k / page_size) for k in k_lens]
     num_pages = sum(pages_per_seq) + extra_pages
     if cache_layout == "vllm":
-        kv = torch.full((num_pages, hk, page_size, d + dv), math.nan)
+        kv = torch.full((num_pages, hk, page_size, d + dv), poison)
         k_cache, v_cache = kv[..., :d].transpose(1, 2), kv[..., d:].transpose(1, 2)
     else:
-        k_cache = torch.full((num_pages, page_size, hk, d), math.nan)
-        v_cache = torch.full((num_pages, page_size, hk, dv), math.nan)
+        k_cache = torch.full((num_pages, page_size, hk, d), poison)
+        v_cache = torch.full((num_pages, page_size, hk, dv), poison)
     order = torch.randperm(num_pages, generator=gen)
     max_pages = max(pages_per_seq + [1])
     page_table = torch.zeros(len(k_lens), max_pages, dtype=torch.int32)

@@ -2,6 +2,7 @@
 # Device-side steps of a GPU session on the lent H200 (see ../shared/device/README.md):
 #   bash ci/gpu/device.sh stash FILE...      copy carried vLLM site pieces to /tmp/stash
 #   bash ci/gpu/device.sh start [STAGE ...]  install the site + anyattn, start pipeline.sh detached
+#   bash ci/gpu/device.sh rerun STAGE ...    start pipeline.sh again on an installed machine
 #   bash ci/gpu/device.sh collect [WAIT_S]   wait up to WAIT_S for it to finish, pack results to $OUT
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -11,7 +12,9 @@ case $1 in
   start) shift
     bash .whl/vllm026/install.sh /tmp/stash || exit 1
     python3 -m pip install -q --no-deps --no-build-isolation -e . || exit 1
-    mkdir -p "$R"
+    ;&
+  rerun) [ "$1" = rerun ] && shift
+    mkdir -p "$R"; rm -f "$R/stages.log"
     setsid nohup bash ci/gpu/pipeline.sh "$R" "$@" > "$R/pipeline.out" 2>&1 < /dev/null &
     sleep 5; cat "$R/stages.log" ;;
   collect)

@@ -22,14 +22,23 @@ TINY = {
     "llama_mqa_d64": ("llama", dict(hidden_size=512, intermediate_size=1024,
                                     num_hidden_layers=4, num_attention_heads=8,
                                     num_key_value_heads=1, head_dim=64)),
-    # Gemma-2-like: sliding-window layers alternating with global ones, logit soft-cap.
-    "gemma2_swa_softcap": ("gemma2", dict(hidden_size=512, intermediate_size=1024,
+    # Gemma-2-like: sliding-window layers alternating with global ones, logit soft-cap
+    # (vLLM's Gemma2 ties the output embedding to the input one).
+    "gemma2_swa_softcap": ("gemma2", dict(tie_word_embeddings=True, hidden_size=512,
+                                          intermediate_size=1024,
                                           num_hidden_layers=4, num_attention_heads=4,
                                           num_key_value_heads=2, head_dim=256,
                                           sliding_window=256, attn_logit_softcapping=50.0,
                                           final_logit_softcapping=30.0,
                                           query_pre_attn_scalar=256)),
+    # For ngram speculation: a 64-token vocabulary, so the last token almost always occurs
+    # earlier in a long context and every request has drafts (uniform verify batches).
+    "llama_gqa_d128_vocab64": ("llama", dict(vocab_size=64, hidden_size=1024,
+                                             intermediate_size=2048, num_hidden_layers=4,
+                                             num_attention_heads=8, num_key_value_heads=2,
+                                             head_dim=128)),
 }
+SPEC_MODEL = "llama_gqa_d128_vocab64"
 LLAMA_8B = dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
                 num_key_value_heads=8, head_dim=128, vocab_size=128256,
                 max_position_embeddings=8192, rms_norm_eps=1e-5, rope_theta=500000.0,
@@ -45,7 +54,7 @@ def make_tiny(name: str, root: Path, seed: int = 0) -> Path:
     path = root / name
     if (path / "config.json").exists():
         return path
-    config = AutoConfig.for_model(kind, **COMMON, **shape)
+    config = AutoConfig.for_model(kind, **{**COMMON, **shape})
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():

@@ -12,6 +12,8 @@ cd "$(dirname "$0")/../.."
 R=$(realpath -m "$1"); shift
 mkdir -p "$R"
 export PYTHONPATH=${PYTHONPATH:-/tmp/vsite} PYTHONUNBUFFERED=1 VLLM_NO_USAGE_STATS=1
+# The carried vLLM site has no FlashInfer; its sampler probe would import it.
+export VLLM_USE_FLASHINFER_SAMPLER=0
 export ANYATTN_MODELS=${ANYATTN_MODELS:-/tmp/anyattn-models}
 stages=("$@")
 [ ${#stages[@]} -gt 0 ] || stages=(env serving tests bench e2e e2e_full)

@@ -3,9 +3,9 @@
   PYTHONPATH=/tmp/vsite python3 ci/gpu/serve_all.py OUTDIR [--backend CUSTOM]
 
 Runs, as concurrent processes on the one GPU (each engine takes a fixed 3 GiB KV cache):
-every tiny model of models.py x {anyattn, FLASH_ATTN, TRITON_ATTN} (serve_one.py), ngram
-speculative decoding on the GQA model x the same three backends, and the OpenAI API server
-with anyattn on loopback. Then compares each model's runs (compare.py) and writes
+the GQA d128, MQA d64 and Gemma-2-like models of models.py x {anyattn, FLASH_ATTN,
+TRITON_ATTN} (serve_one.py), ngram speculative decoding (models.SPEC_MODEL) x the same three
+backends, and the OpenAI API server with anyattn on loopback. Then compares each model's runs (compare.py) and writes
 OUTDIR/summary.json (``ok`` is the verdict) plus every run's JSON and log.
 """
 from __future__ import annotations
@@ -50,7 +50,7 @@ def api_server_check(out: Path, model: Path, backend: str, env: dict) -> dict:
            "--enable-prefix-caching", "--gpu-memory-utilization", "0.05",
            "--kv-cache-memory-bytes", str(3 << 30), "--seed", "0"]
     log = out / "api_server.log"
-    ps = prompts()
+    ps = prompts(models.COMMON["vocab_size"])
     replies = {}
     with running_server(cmd, log, f"{base}/health", env=env, startup_s=420):
         for i in API_PROMPTS:
@@ -72,13 +72,15 @@ def main() -> None:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     root = Path(os.environ.get("ANYATTN_MODELS", "/tmp/anyattn-models"))
-    tiny = [models.make_tiny(name, root) for name in models.TINY]
+    tiny = [models.make_tiny(name, root) for name in models.TINY if name != models.SPEC_MODEL]
+    spec_model = models.make_tiny(models.SPEC_MODEL, root)
+    # Identical engines compiling at once must not share vLLM's compile cache.
     env = dict(os.environ, TORCHINDUCTOR_COMPILE_THREADS="2", HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1")
+               TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1", VLLM_DISABLE_COMPILE_CACHE="1")
     backends = (args.backend,) + PEERS
     t0 = time.perf_counter()
     procs = [launch(out, m, b, 0, env) for m in tiny for b in backends]
-    procs += [launch(out, tiny[0], b, SPEC_K, env) for b in backends]
+    procs += [launch(out, spec_model, b, SPEC_K, env) for b in backends]
     api: dict = {}
     try:
         api = api_server_check(out, tiny[0], args.backend, env)
@@ -95,32 +97,29 @@ def main() -> None:
         runs[tag] = json.loads(path.read_text()) if path.exists() else {"error": f"rc {p.returncode}"}
     summary = dict(wall_s=round(time.perf_counter() - t0, 1), models={}, api_server=api)
     ok = True
-    for m in tiny:
-        for spec in (0, SPEC_K):
-            key = m.name + (f" (ngram spec {spec})" if spec else "")
-            tags = {b: f"{m.name}.{b}" + (f".spec{spec}" if spec else "") for b in backends}
-            if spec and m != tiny[0]:
-                continue
-            missing = [b for b, t in tags.items() if "error" in runs[t]]
-            if missing:
-                summary["models"][key] = dict(ok=False, failed_runs={b: runs[tags[b]]["error"]
-                                                                     for b in missing})
-                ok = False
-                continue
-            res = compare.compare_model({b: runs[t] for b, t in tags.items()},
-                                        ours=args.backend)
-            ours = runs[tags[args.backend]]
-            res["anyattn_impls"] = ours["impls"]
-            res["anyattn_cudagraph_steps"] = ours["cudagraph_steps"]
-            res["anyattn_cudagraph_stats"] = ours["cudagraph_stats"]
-            res["anyattn_cached_prompt_tokens"] = sum(ours["cached_tokens"])
-            res["generate_s"] = {b: runs[t]["generate_s"] for b, t in tags.items()}
-            if spec:
-                res["spec_metrics"] = {b: runs[t].get("spec_metrics") for b, t in tags.items()}
-            full = ours["cudagraph_steps"].get("FULL", 0)
-            res["ok"] = res["ok"] and full > 0 and ours["impls"] == ["AnyAttnImpl"]
-            ok &= res["ok"]
-            summary["models"][key] = res
+    for m, spec in [(m, 0) for m in tiny] + [(spec_model, SPEC_K)]:
+        key = m.name + (f" (ngram spec {spec})" if spec else "")
+        tags = {b: f"{m.name}.{b}" + (f".spec{spec}" if spec else "") for b in backends}
+        missing = [b for b, t in tags.items() if "error" in runs[t]]
+        if missing:
+            summary["models"][key] = dict(ok=False, failed_runs={b: runs[tags[b]]["error"]
+                                                                 for b in missing})
+            ok = False
+            continue
+        res = compare.compare_model({b: runs[t] for b, t in tags.items()},
+                                    ours=args.backend)
+        ours = runs[tags[args.backend]]
+        res["anyattn_impls"] = ours["impls"]
+        res["anyattn_cudagraph_steps"] = ours["cudagraph_steps"]
+        res["anyattn_full_graph_replays"] = ours["full_graph_replays"]
+        res["anyattn_cached_prompt_tokens"] = sum(ours["cached_tokens"])
+        res["generate_s"] = {b: runs[t]["generate_s"] for b, t in tags.items()}
+        if spec:
+            res["spec_metrics"] = {b: runs[t].get("spec_metrics") for b, t in tags.items()}
+        full = sum(ours["full_graph_replays"].values())
+        res["ok"] = res["ok"] and full > 0 and ours["impls"] == ["AnyAttnImpl"]
+        ok &= res["ok"]
+        summary["models"][key] = res
     if "tokens" in api:
         ref = runs[f"{tiny[0].name}.{args.backend}"]
         sub = {"tokens": [api["tokens"][i] for i in API_PROMPTS],

@@ -25,38 +25,56 @@ os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 PROMPT_LENS = [1, 2, 7, 31, 64, 100, 128, 255, 300, 511, 700, 1000, 1024, 1500, 1999, 2000]
 SHARED_PREFIX = 384  # the last eight prompts start with the same 384 tokens
 MAX_TOKENS = 32
-VOCAB = 2048
 
 
-def prompts(seed: int = 0, repetitive: bool = False) -> list[list[int]]:
-    """Token-id prompts of 1..2000 tokens; ``repetitive`` ones repeat a 40-token motif, so
-    ngram speculation finds drafts from the first decode step on."""
+def prompts(vocab: int, seed: int = 0, min_len: int = 1) -> list[list[int]]:
+    """Token-id prompts of ``min_len``..2000 tokens over ids 3..vocab-1 (0-2 are special)."""
     rng = random.Random(seed)
-    prefix = [rng.randrange(3, VOCAB) for _ in range(SHARED_PREFIX)]
+    prefix = [rng.randrange(3, vocab) for _ in range(SHARED_PREFIX)]
     out = []
-    for i, n in enumerate(PROMPT_LENS):
-        if repetitive:
-            motif = [rng.randrange(3, VOCAB) for _ in range(40)]
-            out.append((motif * (n // 40 + 1))[:n])
-            continue
+    for i, n in enumerate(max(n, min_len) for n in PROMPT_LENS):
         head = prefix if i >= 8 and n > SHARED_PREFIX else []
-        out.append(head + [rng.randrange(3, VOCAB) for _ in range(n - len(head))])
+        out.append(head + [rng.randrange(3, vocab) for _ in range(n - len(head))])
     return out
 
 
-def record_cudagraph_stats() -> collections.Counter:
-    """Count vLLM's own per-step CUDAGraphStat records (runtime mode, padded tokens)."""
-    from vllm.compilation import cuda_graph
+def record_cudagraph_modes() -> tuple[collections.Counter, collections.Counter]:
+    """vLLM's own per-step CUDA-graph decisions: ``(modes, full_replays)``.
 
-    counts: collections.Counter = collections.Counter()
+    Model runner V1 reports each step as a ``CUDAGraphStat`` (``cudagraph_metrics``); model
+    runner V2 (0.26's default for these models) dispatches each step through
+    ``CudaGraphManager.dispatch`` and replays FULL graphs in ``run_fullgraph``. Both are
+    counted: mode -> steps, and (uniform tokens per request, padded tokens) -> FULL replays.
+    """
+    from vllm.compilation import cuda_graph
+    from vllm.v1.worker.gpu import cudagraph_utils as v2
+
+    modes: collections.Counter = collections.Counter()
+    replays: collections.Counter = collections.Counter()
     observe = cuda_graph.CUDAGraphLogging.observe
 
-    def counting(self, stat):
-        counts[(stat.runtime_mode, stat.num_unpadded_tokens, stat.num_padded_tokens)] += 1
+    def counting_observe(self, stat):
+        modes[str(stat.runtime_mode)] += 1
+        if "FULL" in str(stat.runtime_mode) and "PIECEWISE" not in str(stat.runtime_mode):
+            replays[f"v1 {stat.num_unpadded_tokens}->{stat.num_padded_tokens} tokens"] += 1
         return observe(self, stat)
 
-    cuda_graph.CUDAGraphLogging.observe = counting
-    return counts
+    dispatch, run_full = v2.CudaGraphManager.dispatch, v2.CudaGraphManager.run_fullgraph
+
+    def counting_dispatch(self, *args, **kwargs):
+        desc = dispatch(self, *args, **kwargs)
+        modes[desc.cg_mode.name] += 1
+        return desc
+
+    def counting_run_full(self, desc):
+        replays[f"v2 {desc.num_reqs} reqs x {desc.uniform_token_count} tokens "
+                f"({desc.num_tokens} padded)"] += 1
+        return run_full(self, desc)
+
+    cuda_graph.CUDAGraphLogging.observe = counting_observe
+    v2.CudaGraphManager.dispatch = counting_dispatch
+    v2.CudaGraphManager.run_fullgraph = counting_run_full
+    return modes, replays
 
 
 def attention_impls(model) -> list[str]:
@@ -76,11 +94,12 @@ def main() -> None:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    counts = record_cudagraph_stats()
+    modes, replays = record_cudagraph_modes()
     spec = None
     if args.spec_ngram:
+        # Drafts from the longest earlier match of the last 1-3 tokens.
         spec = dict(method="ngram", num_speculative_tokens=args.spec_ngram,
-                    prompt_lookup_min=2, prompt_lookup_max=5)
+                    prompt_lookup_min=1, prompt_lookup_max=3)
     t0 = time.perf_counter()
     llm = LLM(model=args.model, attention_backend=args.backend, skip_tokenizer_init=True,
               dtype=args.dtype, enforce_eager=args.eager, seed=0, max_model_len=4096, max_num_seqs=32,
@@ -90,17 +109,23 @@ def main() -> None:
               disable_log_stats=False, cudagraph_metrics=True)
     start_s = time.perf_counter() - t0
     impls = sorted({n for names in llm.apply_model(attention_impls) for n in names})
-    toks = [TokensPrompt(prompt_token_ids=p) for p in prompts(repetitive=bool(spec))]
+    vocab = llm.llm_engine.vllm_config.model_config.hf_config.vocab_size
+    # With speculation every prompt is long enough to hold earlier matches.
+    toks = [TokensPrompt(prompt_token_ids=p)
+            for p in prompts(vocab, min_len=64 if spec else 1)]
     result = dict(model=os.path.basename(args.model.rstrip("/")), backend=args.backend,
                   spec_ngram=args.spec_ngram, impls=impls, engine_start_s=round(start_s, 1))
-    if not spec:
+    try:
         outs = llm.generate(toks, SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True,
                                                  detokenize=False, prompt_logprobs=1),
                             use_tqdm=False)
         result["prompt_logprobs"] = [
             [None if lp is None else lp[tok].logprob
              for tok, lp in zip(o.prompt_token_ids, o.prompt_logprobs)] for o in outs]
-    counts.clear()  # from here on: the generation pass only
+    except Exception as e:  # recorded; the generation pass still runs
+        result["prompt_logprobs_error"] = f"{type(e).__name__}: {e}"[:300]
+    modes.clear()  # from here on: the generation pass only
+    replays.clear()
     t0 = time.perf_counter()
     outs = llm.generate(toks, SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS,
                                              ignore_eos=True, detokenize=False, logprobs=2),
@@ -110,11 +135,8 @@ def main() -> None:
     result["top2"] = [[sorted((v.logprob for v in step.values()), reverse=True)[:2]
                        for step in o.outputs[0].logprobs] for o in outs]
     result["cached_tokens"] = [o.num_cached_tokens or 0 for o in outs]
-    modes: collections.Counter = collections.Counter()
-    for (mode, _, _), n in counts.items():
-        modes[mode] += n
     result["cudagraph_steps"] = dict(modes)
-    result["cudagraph_stats"] = [[m, u, p, n] for (m, u, p), n in counts.most_common(12)]
+    result["full_graph_replays"] = dict(replays.most_common(12))
     if spec:
         result["spec_metrics"] = spec_metrics(llm)
     with open(args.out, "w") as f:

@@ -9,9 +9,13 @@ flash_attn_with_kvcache`` (every SGLang CUDA install; paged plans only). Both ru
 What FA3 covers, and so what :mod:`core.providers` may route here: fp16/bf16 queries with a
 cache of the same dtype (its FP8 path quantises the queries too, which anyattn's contract does
 not), head dims that are multiples of 8 up to 256 with ``Dv == D``, any page size, causal and
-window ``(left, right)`` (both bottom-right aligned, as anyattn's), soft-cap, float32 sinks
-(``s_aux``), LSE. Not: masks, bias, tree masks, chunked-local, fp8 descales, strided last dims.
+window ``(left, right)`` (both bottom-right aligned, as anyattn's), soft-cap, sinks
+(``s_aux``: bf16 sinks with bf16 queries, the only kind FA3 accepts), LSE. Not: masks, bias,
+tree masks, chunked-local, fp8 descales, strided last dims, deterministic plans.
 Empty rows: FA3 writes output 0 and LSE +inf; anyattn's contract says LSE -inf, fixed in place.
+Unlike anyattn's kernels, FA3 loads whole pages and masks the scores, so cache slots past a
+sequence's end must hold finite values (engines' caches are allocated zeroed; a NaN there
+would reach the output through a zero probability).
 """
 from __future__ import annotations
 
@@ -92,8 +96,8 @@ def uncovered_call(f) -> str | None:
         return "fp8 descales"
     if f.params.chunk_size > 0:
         return "chunked-local attention"
-    if f.sinks is not None and f.sinks.dtype != torch.float32:
-        return f"sinks dtype {f.sinks.dtype} (float32 only)"
+    if f.sinks is not None and (f.sinks.dtype != torch.bfloat16 or f.dtype != torch.bfloat16):
+        return f"sinks dtype {f.sinks.dtype} with q {f.dtype} (FA3: bf16 sinks and bf16 q only)"
     if f.strided:
         return "a tensor whose last dim is not contiguous"
     return None

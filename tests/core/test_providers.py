@@ -115,8 +115,9 @@ def _close(got, want, tol=2e-3):
 P = AttnParams(softmax_scale=D ** -0.5)
 
 
-def test_no_fa3_on_cpu_means_triton(monkeypatch, kernel_calls):
+def test_no_fa3_installed_means_triton(monkeypatch, kernel_calls):
     monkeypatch.setattr(fa3, "source", lambda: None)
+    monkeypatch.delenv("ANYATTN_KERNELS", raising=False)
     b = _batch([40], [60])
     _close(_run(b, P), reference_attention(b.q, b.k_cache, b.v_cache, b.plan, P)[0])
     (sched,) = b.plan.schedules.values()
@@ -131,14 +132,14 @@ def test_no_fa3_on_cpu_means_triton(monkeypatch, kernel_calls):
 ], ids=["causal", "window+softcap", "bidirectional-window"])
 def test_prefill_goes_to_fa3_with_the_same_semantics(fake_fa3, kernel_calls, params):
     # Sequences with no keys, one token, a long prompt and an extend with prefix; GQA 4.
-    b = _batch([0, 1, 37, 9], [0, 1, 37, 50], seed=3)
-    sinks = torch.randn(HQ, device=DEV)
+    b = _batch([0, 1, 37, 9], [0, 1, 37, 50], dtype=torch.bfloat16, seed=3)
+    sinks = torch.randn(HQ, device=DEV).bfloat16()
     out = torch.full((b.q.shape[0], HQ, D), math.nan, dtype=b.q.dtype, device=DEV)
     got, lse = _run(b, params, sinks=sinks, out=out, return_lse=True)
     want, want_lse = reference_attention(b.q, b.k_cache, b.v_cache, b.plan, params, sinks=sinks)
     assert got is out and fake_fa3.calls and not kernel_calls
-    _close(got, want)
-    torch.testing.assert_close(lse, want_lse, atol=2e-3, rtol=2e-3)
+    _close(got, want, tol=2e-2)  # bf16 (the interpreter upcasts it; CUDA rounds)
+    torch.testing.assert_close(lse, want_lse, atol=2e-2, rtol=2e-2)
     (sched,) = b.plan.schedules.values()
     assert sched.provider == "fa3"
 
@@ -183,8 +184,8 @@ def _fp8(b):
     return b.k_cache.to(torch.float8_e4m3fn), b.v_cache.to(torch.float8_e4m3fn)
 
 
-@pytest.mark.parametrize("case", ["fp32", "fp8-kv", "chunked", "bf16-sinks", "mask", "bias",
-                                  "dv", "strided-q"])
+@pytest.mark.parametrize("case", ["fp32", "fp8-kv", "chunked", "fp32-sinks", "fp16-sinks",
+                                  "mask", "bias", "dv", "strided-q"])
 def test_uncovered_calls_fall_back_to_triton(fake_fa3, kernel_calls, case):
     dtype = torch.float32 if case == "fp32" else torch.float16
     b = _batch([20, 3], [40, 3], dtype=dtype, dv=16 if case == "dv" else None)
@@ -195,7 +196,9 @@ def test_uncovered_calls_fall_back_to_triton(fake_fa3, kernel_calls, case):
                   v_descale=torch.full((2, HK), 2.0, device=DEV))
     elif case == "chunked":
         params = AttnParams(softmax_scale=D ** -0.5, chunk_size=16)
-    elif case == "bf16-sinks":
+    elif case == "fp32-sinks":  # FA3 takes bf16 sinks only
+        kw = dict(sinks=torch.randn(HQ, device=DEV))
+    elif case == "fp16-sinks":  # ... and only with bf16 queries
         kw = dict(sinks=torch.randn(HQ, device=DEV).bfloat16())
     elif case == "mask":
         kw = dict(attn_mask=torch.rand(43, 1, device=DEV) < 0.7)
