@@ -21,7 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless back
 
 # (row key, axis label), in order of preference.
 METRICS = [("tflops", "TFLOP/s (higher is better)"), ("tbps", "TB/s of K+V read (higher is better)"),
-           ("overhead_pct", "% time over no mask (lower is better)"), ("ms", "ms (lower is better)")]
+           ("overhead_pct", "% time over no mask (lower is better)"),
+           ("output_tok_s", "output tokens/s (higher is better)"), ("ms", "ms (lower is better)")]
 
 
 def read_rows(lines) -> list[dict]:

@@ -50,7 +50,10 @@ def run_one(model: str, backend: str, requests: int, out_len: int, cudagraph_mod
     ttft = sorted(o.metrics.first_token_latency for o in outs
                   if o.metrics is not None and getattr(o.metrics, "first_token_latency", None))
     gen = sum(len(o.outputs[0].token_ids) for o in outs)
-    return dict(backend=backend, cudagraph_mode=cudagraph_mode or "default",
+    mode = cudagraph_mode or "default"
+    return dict(bench="e2e throughput", shape=f"{requests} requests x {out_len} tokens",
+                impl=f"{'anyattn' if backend in ('CUSTOM', 'ANYATTN') else backend} (cudagraph {mode})",
+                backend=backend, cudagraph_mode=mode,
                 requests=requests, prompt_tokens=sum(lens), output_tokens=gen,
                 wall_s=round(wall, 3), output_tok_s=round(gen / wall, 1),
                 total_tok_s=round((gen + sum(lens)) / wall, 1),
