@@ -356,11 +356,13 @@ def test_validate_configuration_reasons():
         assert AnyAttnBackend.validate_configuration(
             device_capability=None, **_selector(kv_cache_dtype=kv_dtype)._asdict()) == []
     bad = _selector(head_size=8, kv_cache_dtype="int8_per_token_head", use_mla=True,
-                    attn_type=AttentionType.ENCODER, use_non_causal=True)
+                    attn_type=AttentionType.ENCODER, use_non_causal=True,
+                    use_per_head_quant_scales=True)
     reasons = AnyAttnBackend.validate_configuration(device_capability=None, **bad._asdict())
     assert set(reasons) == {"head_size not supported", "kv_cache_dtype not supported",
                             "MLA not supported", f"attention type {AttentionType.ENCODER} not supported",
-                            "non-causal attention not supported"}
+                            "non-causal attention not supported",
+                            "per-head quant scales not supported"}
 
 
 def test_cpu_platform_honours_anyattn_only_when_selected():
