@@ -23,7 +23,8 @@ ENGINE_DEFAULTS = dict(
 @dataclass
 class Generation:
     tokens: list[list[int]]
-    impls: list[str]  # attention impl classes the worker built
+    impls: list[str]  # attention impl classes the workers built
+    worker_impls: list[list[str]]  # the same, per worker process (tensor-parallel ranks)
     cached_tokens: list[int]  # prompt tokens served from the prefix cache, per prompt
     # Per attention step (anyattn only): the (q_len, seq_len) of every request.
     steps: list[list[tuple[int, int]]] = field(default_factory=list)
@@ -68,7 +69,8 @@ def generate_greedy(model: str, backend: str, prompts: list[list[int]], max_toke
 
     llm = LLM(model=model, attention_backend=backend, **{**ENGINE_DEFAULTS, **engine_kwargs})
     try:
-        impls = sorted({name for names in llm.apply_model(attention_impls) for name in names})
+        worker_impls = llm.apply_model(attention_impls)
+        impls = sorted({name for names in worker_impls for name in names})
         record = backend.upper() == "ANYATTN"
         if record:
             llm.collective_rpc(record_anyattn_steps)
@@ -78,6 +80,7 @@ def generate_greedy(model: str, backend: str, prompts: list[list[int]], max_toke
                             use_tqdm=False)
         steps, paths = llm.collective_rpc(recorded_anyattn_steps)[0] if record else ([], [])
         return Generation(tokens=[list(o.outputs[0].token_ids) for o in outs], impls=impls,
+                          worker_impls=[list(w) for w in worker_impls],
                           cached_tokens=[o.num_cached_tokens or 0 for o in outs],
                           steps=[[tuple(r) for r in s] for s in steps], core_paths=list(paths))
     finally:
