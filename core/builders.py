@@ -79,8 +79,12 @@ def choose_num_splits(batch_size: int, num_kv_heads: int, max_seqlen_q: int,
 def build_plan(cu_seqlens_q: torch.Tensor, seqused_k: torch.Tensor, *, max_seqlen_q: int,
                max_seqlen_k: int, page_table: torch.Tensor | None = None,
                cu_seqlens_k: torch.Tensor | None = None, num_kv_heads: int = 1,
-               num_splits: int | None = None, deterministic: bool = False) -> AttnPlan:
-    """Assemble a plan; ``num_splits=None`` picks the split count from static sizes."""
+               num_splits: int | None = None, deterministic: bool = False,
+               page_size: int | None = None) -> AttnPlan:
+    """Assemble a plan; ``num_splits=None`` picks the split count from static sizes.
+
+    ``page_size`` is the page size ``page_table`` counts in (None: the cache's own).
+    """
     if (page_table is None) == (cu_seqlens_k is None):
         raise ValueError("build_plan: pass exactly one of page_table [B, max_pages] "
                          "(paged keys) or cu_seqlens_k [B+1] (contiguous keys)")
@@ -98,4 +102,13 @@ def build_plan(cu_seqlens_q: torch.Tensor, seqused_k: torch.Tensor, *, max_seqle
         cu_seqlens_k=None if cu_seqlens_k is None else cu_seqlens_k.to(torch.int32),
         num_splits=int(num_splits),
         deterministic=deterministic,
+        page_size=page_size,
     )
+
+
+def uniform_cu_seqlens(batch: int, per_seq: int, device: torch.device | str) -> torch.Tensor:
+    """Query offsets ``[batch + 1]`` (int32) for ``per_seq`` queries in every sequence: a
+    decode step (1), a speculative verify step (the draft token count), one query per row."""
+    if per_seq <= 0:
+        raise ValueError(f"per_seq: expected a positive query count per sequence, got {per_seq}")
+    return torch.arange(0, (batch + 1) * per_seq, per_seq, dtype=torch.int32, device=device)

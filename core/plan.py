@@ -18,6 +18,11 @@ class AttnPlan:
     Every tensor is int32 on the compute device. ``max_seqlen_q`` / ``max_seqlen_k`` are
     upper bounds (a CUDA graph captures them once), and ``num_splits`` is the static number
     of key splits the kernels launch with: none of them is read back from the device.
+
+    ``page_size`` is the page size ``page_table`` counts in; None means the cache's own
+    (``k_cache.shape[1]``). A plan whose table holds cache token slots (a speculative
+    key list, see ``core.spec_tree``) has page size 1 over a cache of any page size;
+    :func:`anyattn.core.views.cache_view` gives the view of the cache a plan addresses.
     """
 
     cu_seqlens_q: torch.Tensor
@@ -28,6 +33,7 @@ class AttnPlan:
     cu_seqlens_k: torch.Tensor | None = None
     num_splits: int = 1
     deterministic: bool = False
+    page_size: int | None = None
 
     @property
     def batch_size(self) -> int:
