@@ -13,10 +13,11 @@ import torch
 
 from . import checks, masks, reference
 from .builders import build_plan
+from .cascade import cascade_attention
 from .plan import AttnPlan
 from .params import AttnParams
 
-__all__ = ["AttnParams", "attention", "write_kv_cache", "merge_state",
+__all__ = ["AttnParams", "attention", "write_kv_cache", "merge_state", "cascade_attention",
            "flash_attn_with_kvcache", "flash_attn_varlen_func"]
 
 
