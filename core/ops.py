@@ -33,14 +33,13 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pla
               k_descale: torch.Tensor | None = None, v_descale: torch.Tensor | None = None,
               out: torch.Tensor | None = None, return_lse: bool = False,
               attn_mask: torch.Tensor | None = None, attn_bias: torch.Tensor | None = None,
-              tree_mask: torch.Tensor | None = None, tree_mask_indptr: torch.Tensor | None = None,
               ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention of ``q [total_q, Hq, D]`` over the keys the plan describes.
 
     ``attn_mask`` (bool, True = attend) and ``attn_bias`` (float, added to the scaled scores)
-    take the layouts of :mod:`core.masks`; ``tree_mask`` + ``tree_mask_indptr`` is SGLang's
-    flattened speculative-decoding ``custom_mask``. Writes into ``out`` when given
-    (``[total_q, Hq, Dv]``); returns out, or (out, lse) with lse ``[Hq, total_q]`` float32.
+    take the layouts of :mod:`core.masks` (speculative trees: :func:`cascade_attention`).
+    Writes into ``out`` when given (``[total_q, Hq, Dv]``); returns out, or (out, lse) with
+    lse ``[Hq, total_q]`` float32.
     """
     checks.check_attention_inputs(q, k_cache, v_cache, plan, params, sinks=sinks, k_descale=k_descale,
                                   v_descale=v_descale, out=out)
@@ -48,10 +47,6 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pla
     mask = masks.describe("attn_mask", attn_mask, **shape)
     bias = masks.describe("attn_bias", attn_bias, **shape)
     masks.check_key_rows(mask, bias)
-    if tree_mask is not None:
-        checks.expect(mask is None and tree_mask_indptr is not None,
-                      "tree_mask: pass it with tree_mask_indptr, and not together with attn_mask")
-        mask = masks.describe_tree(tree_mask, tree_mask_indptr, plan=plan, device=q.device)
     if use_triton(q):
         from .kernels.attention import run_attention
         o, lse = run_attention(q, k_cache, v_cache, plan, params, sinks=sinks,

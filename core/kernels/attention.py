@@ -33,7 +33,7 @@ def _layout_load(Ptr, Start, b, tok, q_row, head, offs_n, k_len, in_range,
                  stride_r, stride_h, stride_c, cols, other,
                  LAYOUT: tl.constexpr, HEADS: tl.constexpr, HQ: tl.constexpr):
     """Load a ``[BLOCK_M, BLOCK_N]`` mask/bias tile whose values differ between rows (layouts of
-    ``core.masks``: key-side per query head, query-side, tree).
+    ``core.masks``: key-side per query head, query-side).
 
     Returns the values and where the layout describes a key (elsewhere: not visible).
     """
@@ -46,11 +46,6 @@ def _layout_load(Ptr, Start, b, tok, q_row, head, offs_n, k_len, in_range,
         ok = in_range & (offs_n[None, :] < cols)
         vals = tl.load(Ptr + q_row[:, None].to(tl.int64) * stride_r + mh[:, None] * stride_h
                        + offs_n[None, :] * stride_c, mask=ok, other=other)
-    else:  # tree: flattened q_len x k_len block per sequence
-        start = tl.load(Start + b).to(tl.int64)
-        ok = in_range
-        vals = tl.load(Ptr + start + tok[:, None].to(tl.int64) * k_len + offs_n[None, :],
-                       mask=ok, other=other)
     return vals, ok
 
 
