@@ -112,3 +112,20 @@ def uniform_cu_seqlens(batch: int, per_seq: int, device: torch.device | str) -> 
     if per_seq <= 0:
         raise ValueError(f"per_seq: expected a positive query count per sequence, got {per_seq}")
     return torch.arange(0, (batch + 1) * per_seq, per_seq, dtype=torch.int32, device=device)
+
+
+def token_table_rows(token_table: torch.Tensor, rows: torch.Tensor, width: int,
+                     offset: torch.Tensor | None = None) -> torch.Tensor:
+    """Columns ``offset[b] .. offset[b] + width`` (or from 0) of rows ``rows`` of a token
+    table (SGLang's ``req_to_token``: one cache slot per token position), ``[B, width]``.
+
+    Columns past the table's end are clamped to its last column: they lie beyond every key
+    count and are never read, but must still hold valid slots.
+    """
+    rows = rows.long()
+    if offset is None and width <= token_table.shape[1]:
+        return token_table[rows, :width]
+    cols = torch.arange(width, device=rows.device)[None, :]
+    if offset is not None:
+        cols = cols + offset.long()[:, None]
+    return token_table[rows[:, None], cols.clamp_max(token_table.shape[1] - 1)]

@@ -21,6 +21,7 @@ class GraphPlanBuffers:
         self.max_batch = max_batch
         self.max_seqlen_q = max_seqlen_q
         self.max_seqlen_k = max_pages * page_size
+        self.page_size = page_size
         self.num_kv_heads = num_kv_heads
         self.deterministic = deterministic
         self.cu_seqlens_q = torch.zeros(max_batch + 1, dtype=torch.int32, device=self.device)
@@ -41,7 +42,7 @@ class GraphPlanBuffers:
                         max_seqlen_q=self.max_seqlen_q, max_seqlen_k=self.max_seqlen_k,
                         page_table=self.page_table[:batch_size],
                         num_splits=self.num_splits(batch_size),
-                        deterministic=self.deterministic)
+                        deterministic=self.deterministic, page_size=self.page_size)
 
     def update(self, batch_size: int, *, cu_seqlens_q: torch.Tensor, seqused_k: torch.Tensor,
                page_table: torch.Tensor) -> AttnPlan:

@@ -1,4 +1,4 @@
-"""``core.views`` (cache pages per plan, FP8 descales) and ``uniform_cu_seqlens``."""
+"""``core.views``: a cache in the pages a plan counts in, FP8 descales as [batch, Hk]."""
 from __future__ import annotations
 
 import pytest
@@ -60,10 +60,3 @@ def test_expand_descale_bad_shape_and_none():
     assert expand_descale(None, 3, 2, "cpu") is None
     with pytest.raises(ValueError, match="num_kv_heads=2"):
         expand_descale(torch.ones(3), 4, 2, "cpu")
-
-
-def test_uniform_cu_seqlens():
-    assert uniform_cu_seqlens(3, 4, "cpu").tolist() == [0, 4, 8, 12]
-    assert uniform_cu_seqlens(0, 1, "cpu").tolist() == [0]
-    with pytest.raises(ValueError, match="per_seq"):
-        uniform_cu_seqlens(2, 0, "cpu")
