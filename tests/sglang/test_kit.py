@@ -6,10 +6,11 @@ consistent with what SGLang's allocator produces, the case is not run; a test be
 the inconsistency instead (``test_kit_fixture_inconsistencies``), so a kit that fixes it
 makes that test fail and the case can join the others.
 
-Runner modes that need a GPU: the kit's EAGLE draft and draft-extend CUDA-graph runners
-capture real CUDA graphs (``EAGLEDraftCudaGraphRunner`` / ``EAGLEDraftExtendCudaGraphRunner``
--> ``full_cuda_graph_backend.capture_session`` -> ``torch.cuda.graph_pool_handle``). Their
-eager legs (the real EAGLE draft worker through the kit's fixture) run here, against Triton.
+Runner modes that need a GPU: the kit's EAGLE draft, frozen-KV MTP and draft-extend CUDA-graph
+runners capture real CUDA graphs (``EAGLEDraftCudaGraphRunner`` / ``FrozenKVMTPCudaGraphRunner``
+/ ``EAGLEDraftExtendCudaGraphRunner`` -> ``full_cuda_graph_backend.capture_session`` ->
+``torch.cuda.graph_pool_handle``). Their eager legs (SGLang's draft workers through the kit's
+fixture) run here, against Triton.
 """
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ import pytest
 import torch
 
 from harness import count_kernel_launches
-from kit import (BACKENDS, ForwardMode, KitTestCase, case, cpu_rng, dense, draft, draft_extend,
-                 graph_decode, page_rule_breaks, prefix_rewrite_collisions, run, split_op, verify)
+from kit import (BACKENDS, CPU, ForwardMode, KitTestCase, case, cpu_rng, dense, draft,
+                 draft_extend, graph_decode, page_rule_breaks, prefix_rewrite_collisions, run,
+                 split_op, verify)
 
 EXTEND, DECODE, VERIFY = ForwardMode.EXTEND, ForwardMode.DECODE, ForwardMode.TARGET_VERIFY
 DRAFT_EXTEND = ForwardMode.DRAFT_EXTEND_V2
@@ -130,23 +132,19 @@ def test_split_op_extend(backend, layout, breakable):
     run(split_op.run_dense_split_op_extend_case, kit_case, breakable=breakable)
 
 
-# -- the EAGLE draft runners' eager legs (their CUDA-graph legs need a GPU) ---------------
+# -- the speculative draft runners' eager legs (their CUDA-graph legs need a GPU) ---------
 
 def _draft_settings(topk: int, steps: int, draft_tokens: int) -> draft.EagleDraftRunnerSettings:
     return draft.EagleDraftRunnerSettings(
         topk=topk, speculative_num_steps=steps, speculative_num_draft_tokens=draft_tokens,
         capture_batch_size=4, hidden_size=dense.DEFAULT_HIDDEN_SIZE, vocab_size=64,
         max_context_len=dense.DEFAULT_MAX_CONTEXT_LEN, atol=dense.DENSE_ATOL,
-        rtol=dense.DENSE_RTOL, **_cpu())
-
-
-def _cpu():
-    return dict(device="cpu", dtype=torch.float32)
+        rtol=dense.DENSE_RTOL, **CPU)
 
 
 def _build_kwargs():
     return dict(head_dim=dense.DEFAULT_HEAD_DIM, hidden_size=dense.DEFAULT_HIDDEN_SIZE,
-                max_context_len=dense.DEFAULT_MAX_CONTEXT_LEN, **_cpu())
+                max_context_len=dense.DEFAULT_MAX_CONTEXT_LEN, **CPU)
 
 
 def _record_logits(model_runner) -> list:
@@ -163,36 +161,52 @@ def _record_logits(model_runner) -> list:
     return steps
 
 
-def _draft_decode(backend: str, topk: int, page_size: int):
-    """The eager leg of ``run_dense_eagle_draft_cuda_graph_runner_case``: the kit's fixture,
-    its EagleDraftWorker harness and the multi-step backend from DraftBackendFactory."""
+# The draft runners' adapters, as the kit's run_dense_*_cuda_graph_runner_case build them:
+# (fixture builder, worker harness builder, eager run, adapter pieces).
+DRAFT_RUNNERS = {
+    "eagle": (draft._build_eagle_draft_fixture,
+              lambda worker, batch: draft._run_eagle_draft_eager(worker, batch),
+              dict(make_model_forward=draft._make_dense_model_forward,
+                   make_draft_inputs=draft._make_dense_draft_inputs,
+                   make_forward_batch=draft._make_dense_eagle_draft_forward_batch)),
+    "frozen_kv_mtp": (draft._build_frozen_kv_mtp_fixture, draft._run_frozen_kv_mtp_eager,
+                      dict(make_model_forward=draft._make_dense_frozen_kv_mtp_model_forward,
+                           make_draft_inputs=draft._make_dense_frozen_kv_mtp_draft_inputs,
+                           make_forward_batch=draft._make_dense_frozen_kv_mtp_forward_batch)),
+}
+
+
+def _draft_decode(backend: str, topk: int, page_size: int, runner: str = "eagle"):
+    """The eager leg of the kit's ``run_dense_eagle_draft_cuda_graph_runner_case`` (SGLang's
+    EagleDraftWorker over the multi-step backend from DraftBackendFactory) or
+    ``run_dense_frozen_kv_mtp_cuda_graph_runner_case`` (the draft attends the target's KV)."""
     kit_case = case(backend, DECODE, name="draft", page_size=page_size)
-    settings = _draft_settings(topk, 3, 4)
+    settings = _draft_settings(topk, 3, 4 if runner == "eagle" else 3)
+    build, run_eager, pieces = DRAFT_RUNNERS[runner]
     adapter = draft.EagleDraftCudaGraphRunnerAdapter(
         build_fixture=dense.build_dense_attention_fixture,
-        make_model_forward=draft._make_dense_model_forward,
-        make_draft_inputs=draft._make_dense_draft_inputs,
         prepare_replay_state=draft._prepare_dense_draft_replay_state,
-        make_forward_batch=draft._make_dense_eagle_draft_forward_batch,
-        check_case=draft._check_dense_draft_cache_layout)
+        check_case=draft._check_dense_draft_cache_layout, **pieces)
     adapter.check_case(kit_case, settings)
     with torch.no_grad(), cpu_rng():
         inputs = adapter.make_draft_inputs(kit_case, settings)
-        fixture, worker, _ = draft._build_eagle_draft_fixture(
-            KitTestCase(), kit_case, adapter=adapter, build_kwargs=_build_kwargs(), settings=settings)
+        fixture, worker, _ = build(KitTestCase(), kit_case, adapter=adapter,
+                                   build_kwargs=_build_kwargs(), settings=settings)
         adapter.prepare_replay_state(fixture, kit_case, inputs, settings)
         batch = adapter.make_forward_batch(kit_case, inputs, settings)
         fixture.runner.kv_index_translator.bind_own_plan(batch)
         logits = _record_logits(worker.model_runner)
-        outputs = draft._run_eagle_draft_eager(worker, batch)
+        outputs = run_eager(worker, batch)
     return [t for t in outputs if isinstance(t, torch.Tensor)], logits, fixture, kit_case
 
 
-@pytest.mark.parametrize("topk", [1, 2, 4])
-def test_draft_decode_eager_matches_triton(topk):
-    ours, our_logits, _, _ = _draft_decode("anyattn", topk, 1)
-    theirs, their_logits, _, _ = _draft_decode("triton", topk, 1)
-    assert len(our_logits) == len(their_logits) == 2  # 3 steps: the last one only selects
+@pytest.mark.parametrize("runner,topk,page_size", [
+    ("eagle", 1, 1), ("eagle", 2, 1), ("eagle", 4, 1),
+    ("frozen_kv_mtp", 1, 1), ("frozen_kv_mtp", 1, 16)])
+def test_draft_decode_eager_matches_triton(runner, topk, page_size):
+    ours, our_logits, _, _ = _draft_decode("anyattn", topk, page_size, runner)
+    theirs, their_logits, _, _ = _draft_decode("triton", topk, page_size, runner)
+    assert len(our_logits) == len(their_logits) >= 2
     for mine, ref in zip(our_logits + ours, their_logits + theirs):
         torch.testing.assert_close(mine.float(), ref.float(), atol=2e-5, rtol=2e-5)
 
