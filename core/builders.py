@@ -82,12 +82,13 @@ def build_plan(cu_seqlens_q: torch.Tensor, seqused_k: torch.Tensor | None, *, ma
                max_seqlen_k: int, page_table: torch.Tensor | None = None,
                cu_seqlens_k: torch.Tensor | None = None, num_kv_heads: int = 1,
                num_splits: int | None = None, deterministic: bool = False,
-               workload: Workload | None = None) -> AttnPlan:
+               page_size: int | None = None, workload: Workload | None = None) -> AttnPlan:
     """Assemble a plan; ``num_splits=None`` picks the split count from static sizes.
 
     With contiguous keys, ``seqused_k=None`` means every sequence uses its whole
-    ``cu_seqlens_k`` span. ``workload`` (the layers' tensor facts, when the caller knows them)
-    makes the kernel choice now rather than at the first call (:mod:`core.providers`).
+    ``cu_seqlens_k`` span. ``page_size`` is the page size ``page_table`` counts in (None: the
+    cache's own). ``workload`` (the layers' tensor facts, when the caller knows them) makes
+    the kernel choice now rather than at the first call (:mod:`core.providers`).
     """
     if (page_table is None) == (cu_seqlens_k is None):
         raise ValueError("build_plan: pass exactly one of page_table [B, max_pages] "
@@ -112,7 +113,33 @@ def build_plan(cu_seqlens_q: torch.Tensor, seqused_k: torch.Tensor | None, *, ma
         num_splits=int(num_splits),
         deterministic=deterministic,
         keys_span_rows=spans,
+        page_size=page_size,
     )
     if workload is not None:
         providers.schedule(plan, workload)
     return plan
+
+
+def uniform_cu_seqlens(batch: int, per_seq: int, device: torch.device | str) -> torch.Tensor:
+    """Query offsets ``[batch + 1]`` (int32) for ``per_seq`` queries in every sequence: a
+    decode step (1), a speculative verify step (the draft token count), one query per row."""
+    if per_seq <= 0:
+        raise ValueError(f"per_seq: expected a positive query count per sequence, got {per_seq}")
+    return torch.arange(0, (batch + 1) * per_seq, per_seq, dtype=torch.int32, device=device)
+
+
+def token_table_rows(token_table: torch.Tensor, rows: torch.Tensor, width: int,
+                     offset: torch.Tensor | None = None) -> torch.Tensor:
+    """Columns ``offset[b] .. offset[b] + width`` (or from 0) of rows ``rows`` of a token
+    table (SGLang's ``req_to_token``: one cache slot per token position), ``[B, width]``.
+
+    Columns past the table's end are clamped to its last column: they lie beyond every key
+    count and are never read, but must still hold valid slots.
+    """
+    rows = rows.long()
+    if offset is None and width <= token_table.shape[1]:
+        return token_table[rows, :width]
+    cols = torch.arange(width, device=rows.device)[None, :]
+    if offset is not None:
+        cols = cols + offset.long()[:, None]
+    return token_table[rows[:, None], cols.clamp_max(token_table.shape[1] - 1)]

@@ -111,7 +111,7 @@ def check_lengths(plan: AttnPlan, k_cache: torch.Tensor, params: AttnParams) -> 
     if params.positional:
         bad = (q_lens > k_lens).nonzero()
         expect(bad.numel() == 0, lambda: "cu_seqlens_q/seqused_k: q_len > k_len for sequence "
-               f"{bad[0].item() if bad.numel() else -1}: with causal/window/chunked masks the "
+               f"{bad[0].item() if bad.numel() else -1}: with causal or chunked masks the "
                "queries are the last q_len of k_len keys")
     expect(bool((k_lens >= 0).all()) and bool((q_lens >= 0).all()),
            "cu_seqlens_q/seqused_k: lengths must be non-negative")

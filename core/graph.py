@@ -23,6 +23,7 @@ class GraphPlanBuffers:
         self.max_batch = max_batch
         self.max_seqlen_q = max_seqlen_q
         self.max_seqlen_k = max_pages * page_size
+        self.page_size = page_size
         self.num_kv_heads = num_kv_heads
         self.deterministic = deterministic
         self.workload = workload
@@ -47,7 +48,8 @@ class GraphPlanBuffers:
                 cu_seqlens_q=self.cu_seqlens_q[: batch_size + 1],
                 seqused_k=self.seqused_k[:batch_size], max_seqlen_q=self.max_seqlen_q,
                 max_seqlen_k=self.max_seqlen_k, page_table=self.page_table[:batch_size],
-                num_splits=self.num_splits(batch_size), deterministic=self.deterministic)
+                num_splits=self.num_splits(batch_size), deterministic=self.deterministic,
+                page_size=self.page_size)
             if self.workload is not None:
                 providers.schedule(plan, self.workload)
         return plan

@@ -1,6 +1,6 @@
 """Mask and bias descriptions: layout detection, head broadcasting and validation.
 
-A boolean mask (True = attend) or an additive float bias comes in one of three layouts,
+A boolean mask (True = attend) or an additive float bias comes in one of two layouts,
 told apart by rank (never materialised as a q_len x k_len tensor by anyattn itself):
 
 - ``KEY``: ``[total_k, H']`` broadcast over every query of a sequence; row
@@ -8,8 +8,8 @@ told apart by rank (never materialised as a q_len x k_len tensor by anyattn itse
   order, cached and new). O(N) memory: the layout for 256K contexts and streaming gates.
 - ``QUERY``: ``[total_q, H', max_seqlen_k]``: row ``cu_seqlens_q[b] + i``, column = key
   position. Keys past the last column are not visible.
-- ``TREE``: SGLang's speculative-decoding ``custom_mask``: per sequence a flattened
-  ``q_len x k_len`` boolean block starting at ``indptr[b]`` (heads broadcast).
+
+Speculative-decoding trees are not a mask layout: ``core.cascade`` turns them into key lists.
 
 ``H'`` is 1 (all heads), Hk (per kv head: query head h uses h // (Hq // Hk)) or Hq.
 """
@@ -28,7 +28,6 @@ from .plan import AttnPlan
 class Layout(enum.IntEnum):
     KEY = 1
     QUERY = 2
-    TREE = 3
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,7 @@ class MaskSpec:
     tensor: torch.Tensor
     layout: Layout
     heads: int
-    row_start: torch.Tensor  # [B(+1)] int32: cu_seqlens_k (KEY), cu_seqlens_q (QUERY), indptr (TREE)
+    row_start: torch.Tensor  # [B+1] int32: cu_seqlens_k (KEY), cu_seqlens_q (QUERY)
 
     @property
     def is_bool(self) -> bool:
@@ -96,36 +95,20 @@ def check_key_rows(mask: MaskSpec | None, bias: MaskSpec | None) -> None:
                f"got {bias.tensor.shape[0]} and {mask.tensor.shape[0]}")
 
 
-def describe_tree(custom_mask: torch.Tensor, indptr: torch.Tensor, *, plan: AttnPlan,
-                  device: torch.device) -> MaskSpec:
-    """SGLang's flattened ``custom_mask`` with its per-sequence start offsets ``indptr``."""
-    expect(custom_mask.dtype == torch.bool and custom_mask.dim() == 1,
-           lambda: f"custom_mask: expected a flat bool tensor, got {custom_mask.dtype} {tuple(custom_mask.shape)}")
-    expect(indptr.dim() == 1 and indptr.shape[0] >= plan.batch_size and indptr.dtype in (torch.int32, torch.int64),
-           lambda: f"mask_indptr: expected int32 [batch(+1)], got {indptr.dtype} {tuple(indptr.shape)}")
-    for n, t in (("custom_mask", custom_mask), ("mask_indptr", indptr)):
-        expect(t.device == device, lambda: f"{n}: expected a tensor on {device}, got {t.device}")
-    return MaskSpec(custom_mask, Layout.TREE, 1, indptr.to(torch.int32))
-
-
-def tile(spec: MaskSpec, b: int, q_rows: torch.Tensor, q_local: torch.Tensor, k_pos: torch.Tensor,
-         k_len: int, hq: int) -> torch.Tensor:
+def tile(spec: MaskSpec, b: int, q_rows: torch.Tensor, k_pos: torch.Tensor, hq: int) -> torch.Tensor:
     """Reference helper: the ``[Hq, CQ, CK]`` slice of a mask/bias for one tile.
 
-    ``q_rows`` are global query rows, ``q_local`` their index within the sequence, ``k_pos``
-    key positions. Entries outside the layout are False (mask) / -inf (bias).
+    ``q_rows`` are global query rows, ``k_pos`` key positions of sequence ``b``. Entries outside
+    the layout are False (mask) / -inf (bias).
     """
-    t, start = spec.tensor, int(spec.row_start[b])
+    t = spec.tensor
     if spec.layout == Layout.KEY:
-        vals = t[start + k_pos]  # [CK, H']
+        vals = t[int(spec.row_start[b]) + k_pos]  # [CK, H']
         vals = vals.t()[:, None, :].expand(-1, q_rows.shape[0], -1)
-    elif spec.layout == Layout.QUERY:
+    else:
         inside = k_pos < t.shape[2]
         cols = torch.where(inside, k_pos, torch.zeros_like(k_pos))
         vals = t[q_rows][:, :, cols].permute(1, 0, 2)  # [H', CQ, CK]
         outside = ~inside[None, None, :]
         vals = vals.masked_fill(outside, False) if spec.is_bool else vals.masked_fill(outside, float("-inf"))
-    else:
-        idx = start + q_local[:, None] * k_len + k_pos[None, :]
-        vals = t[idx][None]
     return vals.repeat_interleave(hq // vals.shape[0], 0)

@@ -15,10 +15,11 @@ import torch
 
 from . import checks, masks, providers, reference
 from .builders import build_plan
+from .cascade import cascade_attention
 from .plan import AttnPlan
 from .params import AttnParams
 
-__all__ = ["AttnParams", "attention", "write_kv_cache", "merge_state",
+__all__ = ["AttnParams", "attention", "write_kv_cache", "merge_state", "cascade_attention",
            "flash_attn_with_kvcache", "flash_attn_varlen_func"]
 
 
@@ -34,14 +35,13 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pla
               k_descale: torch.Tensor | None = None, v_descale: torch.Tensor | None = None,
               out: torch.Tensor | None = None, return_lse: bool = False,
               attn_mask: torch.Tensor | None = None, attn_bias: torch.Tensor | None = None,
-              tree_mask: torch.Tensor | None = None, tree_mask_indptr: torch.Tensor | None = None,
               ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention of ``q [total_q, Hq, D]`` over the keys the plan describes.
 
     ``attn_mask`` (bool, True = attend) and ``attn_bias`` (float, added to the scaled scores)
-    take the layouts of :mod:`core.masks`; ``tree_mask`` + ``tree_mask_indptr`` is SGLang's
-    flattened speculative-decoding ``custom_mask``. Writes into ``out`` when given
-    (``[total_q, Hq, Dv]``); returns out, or (out, lse) with lse ``[Hq, total_q]`` float32.
+    take the layouts of :mod:`core.masks` (speculative trees: :func:`cascade_attention`).
+    Writes into ``out`` when given (``[total_q, Hq, Dv]``); returns out, or (out, lse) with
+    lse ``[Hq, total_q]`` float32.
     """
     checks.check_attention_inputs(q, k_cache, v_cache, plan, params, sinks=sinks, k_descale=k_descale,
                                   v_descale=v_descale, out=out)
@@ -49,10 +49,6 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pla
     mask = masks.describe("attn_mask", attn_mask, **shape)
     bias = masks.describe("attn_bias", attn_bias, **shape)
     masks.check_key_rows(mask, bias)
-    if tree_mask is not None:
-        checks.expect(mask is None and tree_mask_indptr is not None,
-                      "tree_mask: pass it with tree_mask_indptr, and not together with attn_mask")
-        mask = masks.describe_tree(tree_mask, tree_mask_indptr, plan=plan, device=q.device)
     if q.shape[0] == 0 or plan.batch_size == 0:
         o, lse = _empty_result(q, v_cache, out)
     elif not use_triton(q):

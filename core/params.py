@@ -23,5 +23,11 @@ class AttnParams:
 
     @property
     def positional(self) -> bool:
-        """Whether visibility depends on positions; then q_len > k_len is an error."""
-        return self.causal or self.window_left >= 0 or self.window_right >= 0 or self.chunk_size > 0
+        """Whether q_len > k_len is an error: causal and chunked masks would hide keys from the
+        first queries without a word (bottom-right alignment puts them before position 0).
+
+        A non-causal window is defined for any lengths: a query at a negative position sees
+        the keys its window reaches. The prefix pass of a speculative cascade relies on it
+        (:mod:`anyattn.core.cascade`: draft tokens may outnumber the cached keys).
+        """
+        return self.causal or self.chunk_size > 0

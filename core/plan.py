@@ -21,6 +21,11 @@ class AttnPlan:
     ``keys_span_rows`` (contiguous keys) says ``seqused_k[b]`` is the whole span
     ``cu_seqlens_k[b+1] - cu_seqlens_k[b]``. ``schedules`` holds the kernel choice per
     workload (:mod:`core.providers`), made on first use and reused by every layer.
+
+    ``page_size`` is the page size ``page_table`` counts in; None means the cache's own
+    (``k_cache.shape[1]``). A plan whose table holds cache token slots (a speculative
+    key list, see ``core.spec_tree``) has page size 1 over a cache of any page size;
+    :func:`anyattn.core.views.cache_view` gives the view of the cache a plan addresses.
     """
 
     cu_seqlens_q: torch.Tensor
@@ -32,6 +37,7 @@ class AttnPlan:
     num_splits: int = 1
     deterministic: bool = False
     keys_span_rows: bool = False
+    page_size: int | None = None
     schedules: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property

@@ -106,11 +106,11 @@ def reference_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
                 s = s * params.softmax_scale
                 if params.softcap > 0:
                     s = params.softcap * torch.tanh(s / params.softcap)
-                rows, local = torch.arange(qs, qe, device=q.device), torch.arange(qs - q0, qe - q0, device=q.device)
+                rows = torch.arange(qs, qe, device=q.device)
                 if bias is not None:
-                    s = s + masks.tile(bias, b, rows, local, k_pos, k_len, hq).float()
+                    s = s + masks.tile(bias, b, rows, k_pos, hq).float()
                 if mask is not None:
-                    ok = ok & masks.tile(mask, b, rows, local, k_pos, k_len, hq)
+                    ok = ok & masks.tile(mask, b, rows, k_pos, hq)
                 s = s.masked_fill(~ok, -math.inf)
                 m_new = torch.maximum(m, s.amax(-1))
                 m_safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)

@@ -8,11 +8,12 @@ A speculative step attends in two parts whose results are merged by log-sum-exp
    decode). Each draft token sees its own list of draft keys.
 
 The lists of part 2 are expressed as a *token table*: a page table whose "pages" hold one token
-each, so the entries are cache token slots and the K/V cache is read through a
-``[num_slots, 1, Hk, D]`` view. Nothing is copied, and the same plan works whatever page size
-the engine's cache uses. Every row has exactly one query (the draft token) and the keys of the
-row are the first ``seqused_k[row]`` slots of its table row; attention over them is
-non-causal (the visibility is already in the list).
+each, so the entries are cache token slots and the plan has page size 1 (the cache is read
+through a ``[num_slots, 1, Hk, D]`` view, :func:`anyattn.core.views.cache_view`). Nothing is
+copied, and the same plan works whatever page size the engine's cache uses. Every row has
+exactly one query (the draft token) and the keys of the row are the first ``seqused_k[row]``
+slots of its table row; attention over them is non-causal (the visibility is already in the
+list). :func:`anyattn.core.cascade.cascade_attention` runs both parts and the merge.
 
 All functions are pure and sync-free: shapes come from host ints the caller holds, so they
 serve eager steps and CUDA-graph replays alike.
@@ -21,7 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from .builders import build_plan
+from .builders import build_plan, uniform_cu_seqlens
+from .checks import expect
 from .plan import AttnPlan
 
 
@@ -85,11 +87,10 @@ def visible_key_table(visible: torch.Tensor, key_slots: torch.Tensor
 def build_token_table_plan(seqused_k: torch.Tensor, table: torch.Tensor, *,
                            num_kv_heads: int, deterministic: bool = False) -> AttnPlan:
     """One query per row over a token table (page size 1): the draft part of a spec step."""
-    rows = seqused_k.shape[0]
-    cu_q = torch.arange(rows + 1, dtype=torch.int32, device=seqused_k.device)
+    cu_q = uniform_cu_seqlens(seqused_k.shape[0], 1, seqused_k.device)
     return build_plan(cu_q, seqused_k, max_seqlen_q=1, max_seqlen_k=table.shape[1],
                       page_table=table, num_kv_heads=num_kv_heads,
-                      deterministic=deterministic)
+                      deterministic=deterministic, page_size=1)
 
 
 def tree_token_table(custom_mask: torch.Tensor, prefix_lens: torch.Tensor,
@@ -121,3 +122,17 @@ def chain_token_table(branch_slots: torch.Tensor, depth: int
     rows = branch_slots.shape[0]
     seqused = torch.full((rows,), depth, dtype=torch.int32, device=branch_slots.device)
     return seqused, branch_slots[:, :depth].to(torch.int32)
+
+
+def check_chain(custom_mask: torch.Tensor, prefix_lens: torch.Tensor, num_draft: int) -> None:
+    """Refuse a draft mask that is not a causal chain (token ``i`` sees exactly ``0..i``).
+
+    For a step the engine declares a chain (EAGLE topk 1), which is then run as one causal
+    pass: a tree there would otherwise be computed as a chain without a word. Reads the mask
+    back to the host, so callers run it where that is free (CPU) or in debug mode.
+    """
+    visible = draft_visibility(custom_mask, prefix_lens, num_draft)
+    chain = torch.ones(num_draft, num_draft, dtype=torch.bool, device=visible.device).tril()
+    bad = (visible.view(-1, num_draft, num_draft) != chain).flatten(1).any(1).nonzero()
+    expect(bad.numel() == 0, lambda: f"custom_mask: the step is declared a chain (topk 1) but the "
+           f"draft mask of request {int(bad[0])} is a tree; pass its topk (> 1) with the tree")

@@ -59,11 +59,16 @@ def paged_batch(q_lens: list[int], k_lens: list[int], *, hq: int, hk: int, d: in
                       page_table=page_table, num_kv_heads=hk, num_splits=num_splits,
                       deterministic=deterministic)
     to = dict(device=device)
-    plan = dataclasses.replace(plan, **{f.name: getattr(plan, f.name).to(**to)
-                                        for f in dataclasses.fields(plan)
-                                        if isinstance(getattr(plan, f.name), torch.Tensor)})
+    plan = plan_to(plan, device)
     return Batch(q.to(dtype=dtype, **to), k_cache.to(dtype=dtype, **to),
                  v_cache.to(dtype=dtype, **to), plan)
+
+
+def plan_to(plan: AttnPlan, device) -> AttnPlan:
+    """The same plan with its tensors on ``device`` (a fresh kernel schedule)."""
+    return dataclasses.replace(plan, **{f.name: getattr(plan, f.name).to(device)
+                                        for f in dataclasses.fields(plan)
+                                        if isinstance(getattr(plan, f.name), torch.Tensor)})
 
 
 def sequence_kv(batch: Batch, b: int, k_len: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager
 
 import torch
 
 from anyattn.core import ops
 
 
-def reference_path(*args, **kw):
-    """``ops.attention`` on the chunked reference path (the oracle for the kernels)."""
+@contextmanager
+def on_reference_path():
+    """Every ``core.ops`` call inside runs the chunked reference (the oracle for the kernels)."""
     os.environ["ANYATTN_IMPL"] = "reference"
     try:
-        return ops.attention(*args, **kw)
+        yield
     finally:
         del os.environ["ANYATTN_IMPL"]
+
+
+def reference_path(*args, **kw):
+    """``ops.attention`` on the chunked reference path."""
+    with on_reference_path():
+        return ops.attention(*args, **kw)
 
 
 def dense_attention(q, k, v, *, scale, causal=True, window=(-1, -1), chunk=0, softcap=0.0,

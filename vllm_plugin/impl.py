@@ -12,6 +12,7 @@ from vllm.v1.attention.backend import AttentionImpl, AttentionLayer, AttentionTy
 
 from anyattn.core import ops
 from anyattn.core.ops import AttnParams
+from anyattn.core.views import expand_descale
 
 from .backend import SUPPORTED_ATTN_TYPES, fp8_storage_dtype
 from .builder import AnyAttnMetadata
@@ -79,9 +80,9 @@ class AnyAttnImpl(AttentionImpl[AnyAttnMetadata]):
         k_descale = v_descale = None
         if self.fp8_dtype is not None:
             # Per-tensor scales as core's [B, Hk]: stride-0 views, no copy.
-            shape = (attn_metadata.plan.batch_size, self.num_kv_heads)
-            k_descale = layer._k_scale.expand(shape)
-            v_descale = layer._v_scale.expand(shape)
+            batch = attn_metadata.plan.batch_size
+            k_descale = expand_descale(layer._k_scale, batch, self.num_kv_heads, query.device)
+            v_descale = expand_descale(layer._v_scale, batch, self.num_kv_heads, query.device)
         ops.attention(query[:n], k_cache, v_cache, attn_metadata.plan, self.params,
                       sinks=self.sinks, k_descale=k_descale, v_descale=v_descale,
                       out=output[:n])

@@ -29,11 +29,11 @@ def _tanh(x):
 
 
 @triton.jit
-def _layout_load(Ptr, Start, b, tok, q_row, head, offs_n, k_len, in_range,
+def _layout_load(Ptr, Start, b, q_row, head, offs_n, in_range,
                  stride_r, stride_h, stride_c, cols, other,
                  LAYOUT: tl.constexpr, HEADS: tl.constexpr, HQ: tl.constexpr):
     """Load a ``[BLOCK_M, BLOCK_N]`` mask/bias tile whose values differ between rows (layouts of
-    ``core.masks``: key-side per query head, query-side, tree).
+    ``core.masks``: key-side per query head, query-side).
 
     Returns the values and where the layout describes a key (elsewhere: not visible).
     """
@@ -46,18 +46,13 @@ def _layout_load(Ptr, Start, b, tok, q_row, head, offs_n, k_len, in_range,
         ok = in_range & (offs_n[None, :] < cols)
         vals = tl.load(Ptr + q_row[:, None].to(tl.int64) * stride_r + mh[:, None] * stride_h
                        + offs_n[None, :] * stride_c, mask=ok, other=other)
-    else:  # tree: flattened q_len x k_len block per sequence
-        start = tl.load(Start + b).to(tl.int64)
-        ok = in_range
-        vals = tl.load(Ptr + start + tok[:, None].to(tl.int64) * k_len + offs_n[None, :],
-                       mask=ok, other=other)
     return vals, ok
 
 
 @triton.jit
 def _attn_tiles(
     m_i, l_i, acc, q, K, V, PageTable, b, kvh, k_start, start, stop,
-    row_ok, tok, head, q_start, q_pos, k_len, scale, softcap, window_left, window_right,
+    row_ok, tok, head, q_start, q_pos, scale, softcap, window_left, window_right,
     chunk_size, stride_kp, stride_ks, stride_kh, stride_kd, stride_vp, stride_vs, stride_vh,
     stride_vd, stride_pt, Mask, MaskStart, stride_mr, stride_mh, stride_mc, mask_cols,
     Bias, BiasStart, stride_br, stride_bh, stride_bc, bias_cols, KeyTerm, key_row0,
@@ -98,13 +93,13 @@ def _attn_tiles(
             visible = visible & ((offs_n[None, :] // chunk_size) == (q_pos[:, None] // chunk_size))
         add = tl.zeros([1, BLOCK_N], tl.float32)
         if MASK_ROWS:
-            mvals, mok = _layout_load(Mask, MaskStart, b, tok, q_start + tok, head, offs_n,
-                                      k_len, in_range, stride_mr, stride_mh, stride_mc,
+            mvals, mok = _layout_load(Mask, MaskStart, b, q_start + tok, head, offs_n,
+                                      in_range, stride_mr, stride_mh, stride_mc,
                                       mask_cols, 0, MASK_LAYOUT, MASK_HEADS, HQ)
             add = add + tl.where(mok & (mvals != 0), 0.0, float("-inf"))
         if BIAS_ROWS:
-            bvals, bok = _layout_load(Bias, BiasStart, b, tok, q_start + tok, head, offs_n,
-                                      k_len, in_range, stride_br, stride_bh, stride_bc,
+            bvals, bok = _layout_load(Bias, BiasStart, b, q_start + tok, head, offs_n,
+                                      in_range, stride_br, stride_bh, stride_bc,
                                       bias_cols, 0.0, BIAS_LAYOUT, BIAS_HEADS, HQ)
             add = add + tl.where(bok, bvals.to(tl.float32) * 1.4426950408889634, float("-inf"))
         go = True
@@ -268,7 +263,7 @@ def _attn_fwd(
         m_i, l_i, acc = _attn_tiles(
             m_i, l_i, acc, q, K, V, PageTable, b, kvh, k_start,
             lo if part == 0 else bulk_hi, bulk_hi if part == 0 else hi,
-            row_ok, tok, head, q_start, q_pos, k_len, scale, softcap, window_left, window_right,
+            row_ok, tok, head, q_start, q_pos, scale, softcap, window_left, window_right,
             chunk_size, stride_kp, stride_ks, stride_kh, stride_kd, stride_vp, stride_vs,
             stride_vh, stride_vd, stride_pt, Mask, MaskStart, stride_mr, stride_mh, stride_mc,
             mask_cols, Bias, BiasStart, stride_br, stride_bh, stride_bc, bias_cols, KeyTerm,
@@ -337,8 +332,6 @@ def _layout_args(spec: MaskSpec | None, dummy: torch.Tensor) -> tuple:
     if spec is None:
         return dummy, dummy, 0, 0, 0, 0
     t = spec.tensor.view(torch.uint8) if spec.is_bool else spec.tensor
-    if t.dim() == 1:
-        return t, spec.row_start, 0, 0, 1, 0
     col_stride, cols = (t.stride(2), t.shape[2]) if t.dim() == 3 else (0, 0)
     return t, spec.row_start, t.stride(0), t.stride(1), col_stride, cols
 

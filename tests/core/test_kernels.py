@@ -93,6 +93,11 @@ NAMED = {
     "non_causal_empty_prefix": _case(q_lens=[4, 2], k_lens=[0, 30], sinks=False,
                                      params=AttnParams(softmax_scale=0.125, causal=False)),
     "strided_vllm_cache": _case(q_lens=[5, 1], k_lens=[60, 33], cache_layout="vllm"),
+    # A non-causal window is defined for q_len > k_len (the cascade's prefix pass): queries
+    # at negative positions see the keys their window reaches.
+    "non_causal_window_more_queries_than_keys": _case(
+        q_lens=[9, 3], k_lens=[6, 30], params=AttnParams(softmax_scale=0.125, causal=False,
+                                                         window_left=2)),
 }
 
 

@@ -1,4 +1,4 @@
-"""Masks and bias in every layout x head broadcast, tree masks, and O(N) memory."""
+"""Masks and bias in every layout x head broadcast, and O(N) memory."""
 import math
 import os
 import random
@@ -180,52 +180,6 @@ def test_one_query_against_long_cache_with_padding_mask():
                                   mask=rows[None, None, :].expand(8, 1, -1))
         torch.testing.assert_close(out[b:b + 1].double().cpu(), want, atol=TOL, rtol=TOL)
     assert not torch.allclose(out.float(), unmasked.float(), atol=1e-3)
-
-
-def _tree(rng, n, topk):
-    """Parents of n draft tokens forming a tree where each node has at most topk children."""
-    parents, children = [-1], {0: 0}
-    for i in range(1, n):
-        choices = [p for p in range(i) if children.get(p, 0) < topk]
-        p = rng.choice(choices)
-        parents.append(p)
-        children[p] = children.get(p, 0) + 1
-        children[i] = 0
-    return parents
-
-
-@pytest.mark.parametrize("topk", [1, 2, 4])
-def test_tree_mask_against_dense(topk):
-    """SGLang custom_mask: per sequence a flattened q_len x k_len block (prefix + drafts)."""
-    rng = random.Random(topk)
-    prefix, n_draft = [37, 5, 90], [4, 6, 8] if topk > 1 else [3, 3, 3]
-    k_lens = [p + n for p, n in zip(prefix, n_draft)]
-    batch = paged_batch(n_draft, k_lens, hq=8, hk=2, d=32, page_size=16, dtype=DTYPE,
-                        device=DEVICE, seed=topk)
-    blocks, dense_masks = [], []
-    for p, n in zip(prefix, n_draft):
-        parents = _tree(rng, n, topk) if topk > 1 else [-1] + list(range(n - 1))
-        m = torch.zeros(n, p + n, dtype=torch.bool)
-        m[:, :p] = True
-        for i in range(n):
-            j = i
-            while j >= 0:
-                m[i, p + j] = True
-                j = parents[j]
-        blocks.append(m.flatten())
-        dense_masks.append(m)
-    flat = torch.cat(blocks).to(DEVICE)
-    indptr = torch.tensor([0] + [b.numel() for b in blocks], device=DEVICE).cumsum(0).to(torch.int32)
-    params = AttnParams(softmax_scale=0.2, causal=False)
-    out = ops.attention(batch.q, batch.k_cache, batch.v_cache, batch.plan, params,
-                        tree_mask=flat, tree_mask_indptr=indptr)
-    q0 = 0
-    for b, (n, k_len) in enumerate(zip(n_draft, k_lens)):
-        k, v = sequence_kv(batch, b, k_len)
-        want, _ = dense_attention(batch.q[q0:q0 + n].cpu(), k, v, scale=0.2, causal=False,
-                                  mask=dense_masks[b][None].expand(8, -1, -1))
-        torch.testing.assert_close(out[q0:q0 + n].double().cpu(), want, atol=TOL, rtol=TOL)
-        q0 += n
 
 
 @pytest.mark.parametrize("bad,match", [

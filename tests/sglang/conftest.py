@@ -28,6 +28,25 @@ from sglang.srt.plugins import load_plugins  # noqa: E402
 load_plugins()
 
 
+@pytest.fixture(autouse=True)
+def gpu_tree_mask_layout(monkeypatch):
+    """SGLang's tree-mask layout as on a GPU (FULL_MASK: each draft row spans prefix + drafts).
+
+    SGLang's CPU engine has its tree builder write QLEN_ONLY masks (drafts only, for its
+    intel_amx kernel), and anyattn reads the layout SGLang says it writes. SGLang's attention
+    kit, this harness and SGLang's Triton backend (the reference) all build or read FULL
+    masks, so the backend-level tests run in that layout; test_topology.py covers QLEN_ONLY.
+    """
+    from sglang.srt.layers.attention import verify_mask
+    from sglang.srt.speculative import eagle_utils
+
+    def full_mask():
+        return eagle_utils.TreeMaskMode.FULL_MASK
+
+    for module in (eagle_utils, verify_mask):
+        monkeypatch.setattr(module, "default_tree_mask_mode", full_mask)
+
+
 @pytest.fixture
 def scenario_factory():
     """Build harness Scenarios and release their published server args afterwards."""

@@ -24,6 +24,8 @@ from sglang.srt.speculative.eagle_info import EagleVerifyInput
 from sglang.test.kits.attention_unittest.attention_methods.dense_attention import (
     DenseAttentionCase, MockModelRunner, TinyModelConfig)
 
+from trees import ancestor_mask, custom_mask
+
 HEAD_DIM = 32
 MAX_CONTEXT = 96
 
@@ -41,6 +43,12 @@ def count_kernel_launches(monkeypatch) -> list:
 
     monkeypatch.setattr(kernels, "run_attention", counted)
     return calls
+
+
+def fp8_round_trip(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """What a scaled fp8 (e4m3) cache returns for ``x``: the pool's write (divide, cast),
+    dequantized."""
+    return (x / scale).to(torch.float8_e4m3fn).float() * scale
 
 
 @dataclass
@@ -87,18 +95,6 @@ class Runner(MockModelRunner):
         self._server_args_override.restore()
 
 
-def tree_mask(parents: list[int]) -> torch.Tensor:
-    """``[n, n]`` bool: token i sees token j when j is i or an ancestor of i."""
-    n = len(parents)
-    mask = torch.zeros(n, n, dtype=torch.bool)
-    for i in range(n):
-        j = i
-        while j >= 0:
-            mask[i, j] = True
-            j = parents[j]
-    return mask
-
-
 @dataclass
 class Scenario:
     mode: ForwardMode
@@ -110,7 +106,9 @@ class Scenario:
     sliding_window: int | None = None
     logit_cap: float = 0.0
     spec: Spec = field(default_factory=Spec)
-    tree_parents: list[int] | None = None
+    tree_parents: list[int] | list[list[int]] | None = None  # one tree, or one per request
+    batch_topk: int | None = None  # spec_info.topk of a verify batch (default: the setting's)
+    qlen_only_mask: bool = False  # custom_mask in SGLang's CPU-engine layout (drafts only)
     dtype: torch.dtype = torch.float32
     kv_dtype: torch.dtype | None = None
     encoder_lens: tuple[int, ...] | None = None
@@ -203,20 +201,16 @@ class Scenario:
 
     def _verify_input(self, fb: ForwardBatch) -> EagleVerifyInput:
         n = self.new_lens[0]
-        draft = tree_mask(self.tree_parents) if self.tree_parents else \
-            torch.tril(torch.ones(n, n, dtype=torch.bool))
-        blocks = []
-        for p in self.prefix_lens:
-            block = torch.ones(n, p + n, dtype=torch.bool)
-            block[:, p:] = draft
-            blocks.append(block.reshape(-1))
+        prefix = [0] * self.batch if self.qlen_only_mask else list(self.prefix_lens)
+        mask = custom_mask(self.draft_masks(), prefix)
         idx = torch.arange(n, dtype=torch.long).repeat(self.batch, 1)
+        topk = self.batch_topk if self.batch_topk is not None else max(1, self.spec.topk)
         return EagleVerifyInput(
-            draft_token=fb.input_ids, custom_mask=torch.cat(blocks), positions=fb.positions,
+            draft_token=fb.input_ids, custom_mask=mask, positions=fb.positions,
             retrieve_index=idx, retrieve_next_token=torch.full_like(idx, -1),
             retrieve_next_sibling=torch.full_like(idx, -1),
             retrieve_cum_len=torch.arange(self.batch + 1, dtype=torch.int32) * n,
-            spec_steps=max(0, n - 1), topk=max(1, self.spec.topk), draft_token_num=n,
+            spec_steps=max(0, n - 1), topk=topk, draft_token_num=n,
             capture_hidden_mode=CaptureHiddenMode.FULL, seq_lens_sum=fb.seq_lens_sum,
             seq_lens_cpu=fb.seq_lens_cpu)
 
@@ -240,6 +234,30 @@ class Scenario:
         step.k = torch.randn(total, width_kv, generator=g).to(self.dtype)
         step.v = torch.randn(total, width_kv, generator=g).to(self.dtype)
         return step
+
+    def draft_masks(self) -> list[torch.Tensor]:
+        """Each request's ``[n, n]`` draft mask (ancestors; a causal chain without a tree)."""
+        n, trees = self.new_lens[0], self.tree_parents
+        if not trees:
+            return [torch.ones(n, n, dtype=torch.bool).tril()] * self.batch
+        per_request = trees if isinstance(trees[0], list) else [trees] * self.batch
+        return [ancestor_mask(parents) for parents in per_request]
+
+    def request_kv(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """K/V ``[prefix + new, Hk, D]`` (float32) of request ``b`` as its cache holds them
+        after the step, rebuilt without the backend: the prefix from the cache snapshot, the
+        new tokens from this step's k/v (through the fp8 round trip of an fp8 pool)."""
+        hk, lo = self.num_kv_heads, sum(self.new_lens[:b])
+        new_k = self.k[lo:lo + self.new_lens[b]].float().view(-1, hk, HEAD_DIM)
+        new_v = self.v[lo:lo + self.new_lens[b]].float().view(-1, hk, HEAD_DIM)
+        r2t = self.runner.req_to_token_pool.req_to_token
+        slots = r2t[self.req_pool_indices[b], :self.prefix_lens[b]].long()
+        k_prefix, v_prefix = (buf[slots].float() for buf in self.kv_snapshot)
+        if self.kv_dtype is not None:
+            k_prefix, v_prefix = k_prefix * self.layer.k_scale, v_prefix * self.layer.v_scale
+            new_k = fp8_round_trip(new_k, self.layer.k_scale)
+            new_v = fp8_round_trip(new_v, self.layer.v_scale)
+        return torch.cat([k_prefix, new_k]), torch.cat([v_prefix, new_v])
 
     def backend(self, name: str):
         return ATTENTION_BACKENDS[name](self.runner)

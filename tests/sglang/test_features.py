@@ -11,32 +11,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import HEAD_DIM, Scenario, count_kernel_launches
+from harness import HEAD_DIM, Scenario, count_kernel_launches, fp8_round_trip
 from oracle import dense_attention
 from sglang.srt.model_executor.forward_batch_info import ForwardMode
 
 FP8 = torch.float8_e4m3fn
 IMPLS = ["reference", "triton"]
-
-
-def _fp8_round_trip(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """What a scaled fp8 cache returns for ``x``: the pool's write (divide, cast), dequantized."""
-    return (x / scale).to(FP8).float() * scale
-
-
-def _request_kv(s: Scenario, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """K/V ``[prefix + new, Hk, D]`` of request ``b`` as its cache holds them after the step."""
-    hk = s.num_kv_heads
-    lo = sum(s.new_lens[:b])
-    new_k = s.k[lo:lo + s.new_lens[b]].float().view(-1, hk, HEAD_DIM)
-    new_v = s.v[lo:lo + s.new_lens[b]].float().view(-1, hk, HEAD_DIM)
-    slots = s.runner.req_to_token_pool.req_to_token[s.req_pool_indices[b], :s.prefix_lens[b]]
-    k_prefix, v_prefix = (buf[slots.long()].float() for buf in s.kv_snapshot)
-    if s.kv_dtype is not None:
-        k_prefix, v_prefix = k_prefix * s.layer.k_scale, v_prefix * s.layer.v_scale
-        new_k = _fp8_round_trip(new_k, s.layer.k_scale)
-        new_v = _fp8_round_trip(new_v, s.layer.v_scale)
-    return torch.cat([k_prefix, new_k]), torch.cat([v_prefix, new_v])
 
 
 def expected(s: Scenario, *, chunk: int = 0, abs_v: bool = False) -> torch.Tensor:
@@ -48,7 +28,7 @@ def expected(s: Scenario, *, chunk: int = 0, abs_v: bool = False) -> torch.Tenso
     for b, n in enumerate(s.new_lens):
         lo = sum(s.new_lens[:b])
         q = s.q[lo:lo + n].float().view(n, s.num_heads, HEAD_DIM)
-        k, v = _request_kv(s, b)
+        k, v = s.request_kv(b)
         out, _ = dense_attention(q, k, v.abs() if abs_v else v, scale=s.layer.scaling,
                                  chunk=chunk)
         outs.append(out.reshape(n, -1))
@@ -66,7 +46,7 @@ def fp8_pv_bound(s: Scenario) -> torch.Tensor:
     """
     floor = []
     for b, n in enumerate(s.new_lens):
-        _, v = _request_kv(s, b)
+        _, v = s.request_kv(b)
         floor.append(torch.full((n, 1), 2 ** -10 * v.shape[0] * float(v.abs().max())))
     return 2 ** -4 * expected(s, abs_v=True) + torch.cat(floor) + 1e-4
 
@@ -94,8 +74,8 @@ def test_fp8_kv_cache_with_scales(scenario_factory, monkeypatch, name, impl):
     s = scenario_factory(page_size=16, kv_dtype=FP8, **FP8_CASES[name])
     assert s.runner.token_to_kv_pool.get_kv_buffer(0)[0].dtype == FP8
     s.q = s.q.to(FP8).float()
-    s.k = _fp8_round_trip(s.k, s.layer.k_scale)
-    s.v = _fp8_round_trip(s.v, s.layer.v_scale)
+    s.k = fp8_round_trip(s.k, s.layer.k_scale)
+    s.v = fp8_round_trip(s.v, s.layer.v_scale)
     tol = 2e-5 if impl == "reference" else 1e-4
     ours = s.run(s.backend("anyattn"))
     torch.testing.assert_close(ours, expected(s), atol=tol, rtol=tol)

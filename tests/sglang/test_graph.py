@@ -17,7 +17,7 @@ ATOL = 2e-5
 def _storage(backend) -> list[int]:
     md = backend.forward_metadata
     return [t.data_ptr() for p in (md.main, md.draft, md.cross) if p is not None
-            for t in (p.plan.cu_seqlens_q, p.plan.seqused_k, p.plan.page_table)]
+            for t in (p.cu_seqlens_q, p.seqused_k, p.page_table)]
 
 
 def _capture_then_replay(scenario, capture_lens, replay_lens):

@@ -62,18 +62,6 @@ def test_encoder_decoder_matches_torch_native(scenario_factory, mode, new_lens):
     torch.testing.assert_close(cross_ours, cross_theirs, atol=2e-5, rtol=2e-5)
 
 
-def test_bad_input_is_a_clear_error(scenario_factory):
-    s = scenario_factory(mode=ForwardMode.TARGET_VERIFY, prefix_lens=(4,), new_lens=(3,),
-                         tree_parents=[-1, 0, 0])
-    backend = s.backend("anyattn")
-    fb = s.forward_batch()
-    fb.spec_info.custom_mask = None
-    backend.topk = backend.layouts.topk = 2
-    backend.num_draft_tokens = backend.layouts.num_draft_tokens = 3
-    with pytest.raises(ValueError, match="custom_mask"):
-        backend.init_forward_metadata(fb)
-
-
 @pytest.mark.parametrize("name", ["extend_prefix", "decode"])
 def test_triton_kernels_match_torch_native(scenario_factory, monkeypatch, name):
     """anyattn's own Triton kernels (interpreter), small shapes."""

@@ -30,7 +30,7 @@ def test_eagle_draft_backends_come_from_anyattn(scenario_factory):
     factory = DraftBackendFactory(s.runner, topk=2, speculative_num_steps=3)
     decode = factory.create_decode_backend()
     assert isinstance(decode, AnyAttnMultiStepDraftBackend)
-    assert [b.speculative_step_id for b in decode.attn_backends] == [0, 1]
+    assert [b.planner.engine.step_id for b in decode.attn_backends] == [0, 1]
     assert isinstance(factory.create_draft_extend_backend(), AnyAttnBackend)
 
 

@@ -1,4 +1,9 @@
-"""Placeholders for the torchvision import stub."""
+"""Import stubs for packages SGLang imports at module level but these tests never use.
+
+A stub package calls :func:`install_submodule_finder` with its name and takes
+:func:`module_getattr` as its ``__getattr__``: every submodule exists on import, and every
+attribute is a placeholder that raises only when called.
+"""
 from __future__ import annotations
 
 import importlib.abc
@@ -12,7 +17,7 @@ class _Unavailable:
         self._name = name
 
     def __call__(self, *args, **kwargs):
-        raise RuntimeError(f"torchvision stub: {self._name} is not available in the test environment")
+        raise RuntimeError(f"import stub: {self._name} is not available in the test environment")
 
     def __getattr__(self, item: str) -> "_Unavailable":
         if item.startswith("__"):
@@ -34,7 +39,7 @@ class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         self.root = root
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname.startswith(self.root + ".") and not fullname.endswith("._placeholder"):
+        if fullname.startswith(self.root + "."):
             return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
         return None
 
