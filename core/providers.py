@@ -6,8 +6,9 @@ device, the CPU interpreter) and FlashAttention-3 where an engine install carrie
 static facts only (device capability, dtypes, head dims, ``max_seqlen_q``, batch), memoised on
 the plan and reused by every layer, so an eager step and a CUDA-graph replay launch the same
 kernels and nothing syncs. A call whose per-layer features the chosen provider does not cover
-(masks, bias, bidirectional spans, ALiBi, fp8 descales, chunked-local, ...) runs the schedule's Triton launch instead: that
-test reads host attributes only, so it is graph-safe too.
+(masks, bias, bidirectional spans, ALiBi, fp8 descales, chunked-local, ...) runs the
+schedule's Triton launch instead: that test reads host attributes only, so it is graph-safe
+too.
 
 ``ANYATTN_KERNELS=auto|triton|fa3`` forces the choice (``fa3`` still falls back where it does
 not cover a call). The policy below comes from the H200 measurements in the README.

@@ -37,7 +37,8 @@ def check_span_list(name: str, b: int, spans: Sequence[Span], k_len: int | None)
     disjoint. Raises ValueError naming ``name``, the sequence and the span."""
     prev_end = 0
     for i, span in enumerate(spans):
-        expect(len(span) == 2, lambda: f"{name}: sequence {b} span {i}: expected (start, end), got {span!r}")
+        expect(len(span) == 2,
+               lambda: f"{name}: sequence {b} span {i}: expected (start, end), got {span!r}")
         start, end = (int(x) for x in span)
         expect(0 <= start < end, lambda: f"{name}: sequence {b} span {i} {span!r}: expected "
                "0 <= start < end (half-open key positions)")
@@ -95,7 +96,8 @@ def check_span_tensors(spans: torch.Tensor, counts: torch.Tensor, batch: int,
            lambda: f"span_counts: expected int32 [batch={batch}], got {counts.dtype} "
            f"{tuple(counts.shape)}")
     for name, t in (("spans", spans), ("span_counts", counts)):
-        expect(t.device == device, lambda: f"{name}: expected a tensor on {device} (like q), got {t.device}")
+        expect(t.device == device,
+               lambda: f"{name}: expected a tensor on {device} (like q), got {t.device}")
 
 
 def check_span_values(spans: torch.Tensor, counts: torch.Tensor, k_lens: torch.Tensor) -> None:

@@ -117,7 +117,8 @@ def _attn_tiles(
         if HAS_SPANS:
             in_span = (offs_n[None, :] >= span_lo[:, None]) & (offs_n[None, :] < span_hi[:, None])
             if SPANS_IN_WINDOW:
-                in_span = in_span & ((window_left < 0) | (offs_n[None, :] >= q_pos[:, None] - window_left))
+                in_span = in_span & ((window_left < 0)
+                                     | (offs_n[None, :] >= q_pos[:, None] - window_left))
             visible = visible | (in_range & in_span)
         add = tl.zeros([1, BLOCK_N], tl.float32)
         if MASK_ROWS:
@@ -285,7 +286,8 @@ def _attn_fwd(
         span_lo = tl.zeros_like(q_pos)
         span_hi = span_lo
     if HAS_ALIBI:
-        alibi = tl.load(AlibiSlopes + head, mask=row_ok, other=0.0).to(tl.float32) * -1.4426950408889634
+        alibi = tl.load(AlibiSlopes + head, mask=row_ok, other=0.0).to(tl.float32)
+        alibi = alibi * -1.4426950408889634  # -slope, in the log2 domain of the scores
     else:
         alibi = tl.zeros([BLOCK_M], tl.float32)
     lo = (lo // BLOCK_N) * BLOCK_N
@@ -316,8 +318,9 @@ def _attn_fwd(
             chunk_size, stride_kp, stride_ks, stride_kh, stride_kd, stride_vp, stride_vs,
             stride_vh, stride_vd, stride_pt, Mask, MaskStart, stride_mr, stride_mh, stride_mc,
             mask_cols, Bias, BiasStart, stride_br, stride_bh, stride_bc, bias_cols, KeyTerm,
-            key_row0, span_lo, span_hi, alibi, NUM_KV_HEADS * GROUP, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N,
-            PAGE_SIZE, PAGED, part == 1, IS_CAUSAL, HAS_WINDOW, HAS_CHUNK, HAS_SOFTCAP, UPCAST,
+            key_row0, span_lo, span_hi, alibi, NUM_KV_HEADS * GROUP, HEAD_DIM, HEAD_DIM_V,
+            BLOCK_D, BLOCK_DV, BLOCK_N, PAGE_SIZE, PAGED, part == 1, IS_CAUSAL, HAS_WINDOW,
+            HAS_CHUNK, HAS_SOFTCAP, UPCAST,
             MASK_LAYOUT, MASK_HEADS, BIAS_LAYOUT, BIAS_HEADS, SKIP_MASKED_TILES, KEY_SHARED,
             HAS_SPANS, SPANS_IN_WINDOW, HAS_ALIBI)
 

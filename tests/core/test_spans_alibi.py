@@ -100,9 +100,9 @@ def test_span_split_across_chunked_prefill_steps():
         k_len = min(k_len, prompt)
         q_len = k_len - (k_len - 1) // chunk * chunk
         step = span_lib.step_spans([image], [q_len], [k_len])
-        plan = dataclasses.replace(batch.plan, cu_seqlens_q=batch.plan.cu_seqlens_q.new_tensor([0, q_len]),
-                                   seqused_k=batch.plan.seqused_k.new_tensor([k_len]),
-                                   max_seqlen_q=q_len)
+        plan = dataclasses.replace(
+            batch.plan, cu_seqlens_q=batch.plan.cu_seqlens_q.new_tensor([0, q_len]),
+            seqused_k=batch.plan.seqused_k.new_tensor([k_len]), max_seqlen_q=q_len)
         q = batch.q[k_len - q_len:k_len]
         sub = dataclasses.replace(batch, q=q)
         check(sub, with_spans(plan, step, [k_len]), params, [q_len], [k_len], step)
@@ -192,8 +192,8 @@ def test_alibi_with_spans_window_softcap_and_bias():
         k, v = sequence_kv(batch, b, k_len)
         dense_bias = bias[k0:k0 + k_len, 0][None, None, :].expand(HQ, q_len, k_len)
         want, _ = dense_attention(batch.q[q0:q0 + q_len].cpu(), k, v, scale=params.softmax_scale,
-                                  window=(12, -1), softcap=8.0, image_ids=image_ids(spans[b], k_len),
-                                  alibi=slopes.cpu(), bias=dense_bias)
+                                  window=(12, -1), softcap=8.0, alibi=slopes.cpu(),
+                                  image_ids=image_ids(spans[b], k_len), bias=dense_bias)
         torch.testing.assert_close(ref[q0:q0 + q_len].double().cpu(), want, atol=TOL, rtol=TOL)
         q0, k0 = q0 + q_len, k0 + k_len
 
@@ -216,7 +216,8 @@ def test_alibi_with_fp8_kv_and_descales(kv):
     torch.testing.assert_close(got.float(), ref.float(), atol=TOL, rtol=TOL)
     q0 = 0
     for b, (q_len, k_len) in enumerate(zip(q_lens, k_lens)):
-        deq = dataclasses.replace(batch, k_cache=k8.float() * k_descale[b].cpu()[None, None, :, None],
+        deq = dataclasses.replace(batch,
+                                  k_cache=k8.float() * k_descale[b].cpu()[None, None, :, None],
                                   v_cache=v8.float() * v_descale[b].cpu()[None, None, :, None])
         k, v = sequence_kv(deq, b, k_len)
         want, _ = dense_attention(batch.q[q0:q0 + q_len].cpu(), k, v, scale=params.softmax_scale,
@@ -306,7 +307,8 @@ def test_bad_span_tables_are_refused(change, match):
 
 
 @pytest.mark.parametrize("slopes,match", [
-    (torch.ones(HQ - 1), rf"alibi_slopes: expected .* of shape \({HQ},\) \[num_heads\], got torch.float32 \({HQ - 1},\)"),
+    (torch.ones(HQ - 1),
+     rf"alibi_slopes: expected .* of shape \({HQ},\) \[num_heads\], got torch.float32 \({HQ - 1},\)"),
     (torch.ones(HQ, 1), r"got torch.float32 \(8, 1\)"),
     (torch.ones(HQ, dtype=torch.int32), "got torch.int32"),
     ([0.5] * HQ, "got list"),

@@ -246,7 +246,8 @@ def test_bad_mm_ranges_are_refused_before_any_cache_write(vllm_config, ranges, m
     batch = span_batch(cache)
     batch.cm.mm_req_doc_ranges = ranges
     before = cache.clone()
-    with pytest.raises(ValueError, match=r"mm_req_doc_ranges \(as \[start, end \+ 1\)\): .*" + match):
+    prefix = r"mm_req_doc_ranges \(as \[start, end \+ 1\)\): .*"
+    with pytest.raises(ValueError, match=prefix + match):
         run_step(make_builder(vllm_config), make_impl(vllm_config), batch, cache)
     assert torch.equal(cache, before)
 
