@@ -5,7 +5,7 @@ vLLM hands each layer its cache as the logical view ``[num_blocks, Hk, block_siz
 and transposing give core's ``[num_pages, page_size, Hk, D]`` views with the cache's own
 strides: nothing is copied, and core's kernels take the strides as they are.
 
-ALiBi (BLOOM, MPT, Baichuan, Falcon-RW, ...): vLLM hands each layer its heads' slopes as
+ALiBi (BLOOM, Falcon with ``alibi``, MPT): vLLM hands each layer its heads' slopes as
 ``alibi_slopes`` (a list, one per query head of this rank); core adds ``-slope * |q_pos - k|``
 to the scaled scores (FlashAttention-2's convention; vLLM's TRITON_ATTN adds
 ``slope * (k - context_len)``, the same softmax for every key at or before the query).
