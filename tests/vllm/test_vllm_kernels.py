@@ -9,7 +9,9 @@ out placeholders: the installed triton has no CPU backend), so :func:`unified_at
 imports the kernel modules afresh with ``vllm.triton_utils`` bound to the real triton; they
 then run under ``TRITON_INTERPRET=1`` (conftest), as anyattn's kernels do. fp32 and fp16:
 the interpreter computes bf16 wrongly (bf16 is a device figure, bench/spans_alibi.py).
-Runs against vLLM 0.32 (ci/test_vllm.sh) and 0.26 (ci/test_vllm026.sh).
+Runs against vLLM 0.32 (ci/test_vllm.sh) and 0.26 (ci/test_vllm026.sh), on anyattn's Triton
+kernels (the path a GPU runs; test_builder.py checks the reference path against the dense
+oracle on the same steps).
 
 ALiBi conventions: vLLM's kernel adds ``slope * (k - context_len)``, anyattn (FlashAttention-2)
 ``-slope * |q_pos - k|``; per query row they differ by a constant wherever ``k <= q_pos``, so
@@ -29,6 +31,11 @@ from steps import (CASES, HK, SCALE, SHORT_RANGES, SPAN_RANGES, Batch, kv_cache,
 
 KERNEL_MODULES = ("vllm.v1.attention.ops.triton_attention_helpers",
                   "vllm.v1.attention.ops.triton_unified_attention")
+
+
+@pytest.fixture(autouse=True)
+def triton_path(monkeypatch):
+    monkeypatch.setenv("ANYATTN_IMPL", "triton")
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +101,7 @@ def compare(got, want, batch):
     (8, False, SHORT_RANGES, torch.float32),
     (8, True, SPAN_RANGES, torch.float32),
 ], ids=["full", "full-fp16", "window", "window-clamped"])
-def test_spans_match_vllm_triton(vllm_config, core_path, unified_attention, window, clamp,
-                                 ranges, dtype):
+def test_spans_match_vllm_triton(vllm_config, unified_attention, window, clamp, ranges, dtype):
     """A window with images longer than it runs clamped, as vLLM's model runner arranges it:
     unclamped, its 2D kernel zeroes V for keys more than a window behind a query tile's
     first row (after its mask let them in), so such images would lose their far keys."""
@@ -111,9 +117,9 @@ def test_spans_match_vllm_triton(vllm_config, core_path, unified_attention, wind
 
 @pytest.mark.parametrize("case,window,dtype", [("mixed", None, torch.float32),
                                                ("mixed", None, torch.float16),
-                                               ("decode", 24, torch.float32)])
-def test_alibi_matches_vllm_triton(vllm_config, core_path, unified_attention, case, window,
-                                   dtype):
+                                               ("decode", 24, torch.float32)],
+                         ids=["mixed", "mixed-fp16", "decode-window"])
+def test_alibi_matches_vllm_triton(vllm_config, unified_attention, case, window, dtype):
     slopes = [2.0 ** -(h + 1) for h in range(4)]
     cache = kv_cache("HND", dtype)
     batch = Batch(cache=cache, **CASES[case])
