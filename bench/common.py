@@ -39,16 +39,18 @@ ANYATTN_IMPLS = {"auto": "anyattn auto (paged)", "triton": "anyattn triton (page
 
 def anyattn_call(choice: str, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                  q_lens: list[int], k_lens: list[int], table: torch.Tensor, params, out,
-                 **plan_kw):
+                 call_kw: dict | None = None, **plan_kw):
     """``(run, provider)``: anyattn on its own plan with ``ANYATTN_KERNELS=choice``; the plan
-    picks its kernels on the first call, made here."""
+    picks its kernels on the first call, made here. ``call_kw`` go to every
+    ``ops.attention`` call (``alibi_slopes``), ``plan_kw`` to ``build_plan`` (``spans``)."""
     from anyattn.core import ops
 
     previous = os.environ.get("ANYATTN_KERNELS")
     os.environ["ANYATTN_KERNELS"] = choice
     try:
         plan = plan_for(q_lens, k_lens, table, k_cache.shape[2], **plan_kw)
-        run = lambda: ops.attention(q, k_cache, v_cache, plan, params, out=out)  # noqa: E731
+        run = lambda: ops.attention(q, k_cache, v_cache, plan, params, out=out,  # noqa: E731
+                                    **(call_kw or {}))
         run()
     finally:
         if previous is None:
@@ -91,15 +93,18 @@ def emit(rows: list[dict], **row) -> None:
     print(json.dumps(row), flush=True)
 
 
-def emit_timed(rows: list[dict], make, metric: str, amount: float, **row) -> None:
-    """Time the callable ``make()`` returns and emit ``ms`` and ``metric = amount / ms / 1e9``;
-    a peer or provider that fails on this shape becomes an error row, not a crash."""
+def emit_timed(rows: list[dict], make, metric: str, amount: float,
+               baseline_ms: float | None = None, **row) -> None:
+    """Time the callable ``make()`` returns and emit ``ms`` and ``metric = amount / ms / 1e9``
+    (and ``overhead_pct`` over ``baseline_ms`` when given); a peer or provider that fails on
+    this shape becomes an error row, not a crash."""
     try:
         ms = time_ms(make())
     except Exception as e:
         emit(rows, **row, error=f"{type(e).__name__}: {e}"[:200])
         return
-    emit(rows, **row, ms=ms, **{metric: amount / ms / 1e9})
+    extra = {} if baseline_ms is None else dict(overhead_pct=100 * (ms / baseline_ms - 1))
+    emit(rows, **row, ms=ms, **{metric: amount / ms / 1e9}, **extra)
 
 
 def markdown(rows: list[dict], metric: str, unit: str) -> None:

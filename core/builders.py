@@ -82,19 +82,22 @@ def build_plan(cu_seqlens_q: torch.Tensor, seqused_k: torch.Tensor | None, *, ma
                max_seqlen_k: int, page_table: torch.Tensor | None = None,
                cu_seqlens_k: torch.Tensor | None = None, num_kv_heads: int = 1,
                num_splits: int | None = None, deterministic: bool = False,
-               page_size: int | None = None, workload: Workload | None = None) -> AttnPlan:
+               page_size: int | None = None, workload: Workload | None = None,
+               spans: tuple[torch.Tensor, torch.Tensor] | None = None) -> AttnPlan:
     """Assemble a plan; ``num_splits=None`` picks the split count from static sizes.
 
     With contiguous keys, ``seqused_k=None`` means every sequence uses its whole
     ``cu_seqlens_k`` span. ``page_size`` is the page size ``page_table`` counts in (None: the
     cache's own). ``workload`` (the layers' tensor facts, when the caller knows them) makes
     the kernel choice now rather than at the first call (:mod:`core.providers`).
+    ``spans``: the step's bidirectional spans as ``(spans, span_counts)`` from
+    :func:`anyattn.core.spans.span_table`.
     """
     if (page_table is None) == (cu_seqlens_k is None):
         raise ValueError("build_plan: pass exactly one of page_table [B, max_pages] "
                          "(paged keys) or cu_seqlens_k [B+1] (contiguous keys)")
-    spans = seqused_k is None
-    if spans:
+    whole_rows = seqused_k is None
+    if whole_rows:
         if cu_seqlens_k is None:
             raise ValueError("seqused_k: required int32 [batch] with a paged cache")
         seqused_k = cu_seqlens_k[1:] - cu_seqlens_k[:-1]
@@ -112,8 +115,10 @@ def build_plan(cu_seqlens_q: torch.Tensor, seqused_k: torch.Tensor | None, *, ma
         cu_seqlens_k=None if cu_seqlens_k is None else cu_seqlens_k.to(torch.int32),
         num_splits=int(num_splits),
         deterministic=deterministic,
-        keys_span_rows=spans,
+        keys_span_rows=whole_rows,
         page_size=page_size,
+        spans=None if spans is None else spans[0],
+        span_counts=None if spans is None else spans[1],
     )
     if workload is not None:
         providers.schedule(plan, workload)

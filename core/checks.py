@@ -50,18 +50,22 @@ def check_int_tensor(name: str, t: torch.Tensor, shape: tuple[int, ...], layout:
 def check_attention_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            plan: AttnPlan, params: AttnParams, *, sinks: torch.Tensor | None,
                            k_descale: torch.Tensor | None, v_descale: torch.Tensor | None,
-                           out: torch.Tensor | None) -> None:
+                           out: torch.Tensor | None,
+                           alibi_slopes: torch.Tensor | None = None) -> None:
     """Validate q/cache/plan agreement; raises ValueError before anything runs."""
     check_rank("q", q, 3, "[total_q, num_heads, head_dim]")
     expect(q.dtype in FLOAT_DTYPES, lambda: f"q: expected float16, bfloat16 or float32, got {q.dtype}")
     expect(params.softmax_scale > 0,
            lambda: f"softmax_scale: expected a positive float, got {params.softmax_scale}")
+    if alibi_slopes is not None:
+        check_alibi_slopes(alibi_slopes, q.shape[1])
     cache_rank, layout = (4, "[num_pages, page_size, num_kv_heads, head_dim]") if plan.paged \
         else (3, "[total_k, num_kv_heads, head_dim]")
     check_rank("k_cache", k_cache, cache_rank, layout)
     check_rank("v_cache", v_cache, cache_rank, layout)
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache), ("out", out), ("sinks", sinks),
                     ("k_descale", k_descale), ("v_descale", v_descale),
+                    ("alibi_slopes", alibi_slopes),
                     ("cu_seqlens_q", plan.cu_seqlens_q), ("seqused_k", plan.seqused_k),
                     ("page_table", plan.page_table), ("cu_seqlens_k", plan.cu_seqlens_k)):
         check_device(name, t, q.device)
@@ -99,8 +103,23 @@ def check_attention_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         if t is not None:
             expect(tuple(t.shape) == (batch, hk),
                    lambda: f"{name}: expected shape {(batch, hk)} [batch, num_kv_heads], got {tuple(t.shape)}")
+    if (plan.spans is None) != (plan.span_counts is None):
+        raise ValueError("spans/span_counts: a plan carries both or neither")
+    if plan.spans is not None:
+        from .spans import check_span_tensors
+        check_span_tensors(plan.spans, plan.span_counts, batch, q.device)
     if q.device.type == "cpu" or debug_mode():
         check_lengths(plan, k_cache, params)
+
+
+def check_alibi_slopes(slopes: torch.Tensor, num_heads: int) -> None:
+    """ALiBi slopes: one float per query head (``[num_heads]``)."""
+    expect(isinstance(slopes, torch.Tensor) and tuple(slopes.shape) == (num_heads,)
+           and slopes.dtype in FLOAT_DTYPES,
+           lambda: f"alibi_slopes: expected a float32 (or float16/bfloat16) tensor of shape "
+           f"({num_heads},) [num_heads], got "
+           + (f"{slopes.dtype} {tuple(slopes.shape)}" if isinstance(slopes, torch.Tensor)
+              else type(slopes).__name__))
 
 
 def check_lengths(plan: AttnPlan, k_cache: torch.Tensor, params: AttnParams) -> None:
@@ -124,6 +143,9 @@ def check_lengths(plan: AttnPlan, k_cache: torch.Tensor, params: AttnParams) -> 
         used = plan.page_table.cpu()[cols]
         expect(used.numel() == 0 or (int(used.min()) >= 0 and int(used.max()) < num_pages),
                lambda: f"page_table: entries must lie in [0, {num_pages}) (k_cache.shape[0]) for used pages")
+    if plan.spans is not None:
+        from .spans import check_span_values
+        check_span_values(plan.spans, plan.span_counts, k_lens)
 
 
 def check_kv_write(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,

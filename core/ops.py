@@ -35,16 +35,20 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pla
               k_descale: torch.Tensor | None = None, v_descale: torch.Tensor | None = None,
               out: torch.Tensor | None = None, return_lse: bool = False,
               attn_mask: torch.Tensor | None = None, attn_bias: torch.Tensor | None = None,
+              alibi_slopes: torch.Tensor | None = None,
               ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention of ``q [total_q, Hq, D]`` over the keys the plan describes.
 
     ``attn_mask`` (bool, True = attend) and ``attn_bias`` (float, added to the scaled scores)
     take the layouts of :mod:`core.masks` (speculative trees: :func:`cascade_attention`).
+    ``alibi_slopes [Hq]``: ALiBi, ``-slope[h] * |q_pos - k_pos|`` added to the scaled (and
+    soft-capped) scores, ``q_pos`` the query's bottom-right aligned position (FlashAttention-2's
+    convention). The plan's bidirectional spans (:mod:`core.spans`) apply per ``params``.
     Writes into ``out`` when given (``[total_q, Hq, Dv]``); returns out, or (out, lse) with
     lse ``[Hq, total_q]`` float32.
     """
     checks.check_attention_inputs(q, k_cache, v_cache, plan, params, sinks=sinks, k_descale=k_descale,
-                                  v_descale=v_descale, out=out)
+                                  v_descale=v_descale, out=out, alibi_slopes=alibi_slopes)
     shape = dict(plan=plan, total_q=q.shape[0], hq=q.shape[1], hk=k_cache.shape[-2], device=q.device)
     mask = masks.describe("attn_mask", attn_mask, **shape)
     bias = masks.describe("attn_bias", attn_bias, **shape)
@@ -54,11 +58,11 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pla
     elif not use_triton(q):
         o, lse = reference.reference_attention(q, k_cache, v_cache, plan, params, sinks=sinks,
                                                k_descale=k_descale, v_descale=v_descale, out=out,
-                                               mask=mask, bias=bias)
+                                               mask=mask, bias=bias, alibi_slopes=alibi_slopes)
     else:
         o, lse = _run_kernels(q, k_cache, v_cache, plan, params, sinks=sinks, k_descale=k_descale,
                               v_descale=v_descale, out=out, want_lse=return_lse, mask=mask,
-                              bias=bias)
+                              bias=bias, alibi_slopes=alibi_slopes)
     return (o, lse) if return_lse else o
 
 
@@ -71,7 +75,7 @@ def _empty_result(q: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor | No
 
 
 def _run_kernels(q, k_cache, v_cache, plan: AttnPlan, params: AttnParams, *, sinks, k_descale,
-                 v_descale, out, want_lse: bool, mask, bias):
+                 v_descale, out, want_lse: bool, mask, bias, alibi_slopes):
     """The plan's provider where it covers the call, else the plan's Triton launch."""
     from .kernels import fa3
     from .kernels.attention import run_attention
@@ -80,12 +84,13 @@ def _run_kernels(q, k_cache, v_cache, plan: AttnPlan, params: AttnParams, *, sin
     if sched.provider == providers.FA3 and fa3.uncovered_call(providers.features(
             params, q=q, k_cache=k_cache, v_cache=v_cache, out=out, sinks=sinks,
             k_descale=k_descale, v_descale=v_descale, masked=mask is not None or bias is not None,
-            want_lse=want_lse)) is None:
+            want_lse=want_lse, spans=params.use_spans and plan.spans is not None,
+            alibi=alibi_slopes is not None)) is None:
         return fa3.run_fa3(q, k_cache, v_cache, plan, params, sinks=sinks, out=out,
                            want_lse=want_lse)
     return run_attention(q, k_cache, v_cache, plan, params, sinks=sinks, k_descale=k_descale,
                          v_descale=v_descale, out=out, want_lse=want_lse, mask=mask, bias=bias,
-                         cfg=sched.tile)
+                         alibi_slopes=alibi_slopes, cfg=sched.tile)
 
 
 def write_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
@@ -166,8 +171,10 @@ def flash_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
                             sm_margin: int = 0, return_softmax_lse: bool = False,
                             sinks: torch.Tensor | None = None, deterministic: bool = False,
                             attn_mask: torch.Tensor | None = None,
-                            attn_bias: torch.Tensor | None = None):
-    """FlashAttention-3 ``flash_attn_with_kvcache`` over a paged or per-batch cache.
+                            attn_bias: torch.Tensor | None = None,
+                            alibi_slopes: torch.Tensor | None = None):
+    """FlashAttention-3 ``flash_attn_with_kvcache`` over a paged or per-batch cache
+    (``alibi_slopes [Hq]`` as in FlashAttention-2).
 
     q is ``[total_q, Hq, D]`` with ``cu_seqlens_q`` or ``[B, Sq, Hq, D]``; the cache is
     ``[num_pages, page_size, Hk, D]`` with ``page_table [B, max_pages]``, or ``[B, S, Hk, D]``
@@ -206,7 +213,8 @@ def flash_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     res = attention(q, k_cache, v_cache, plan,
                     _params(q, softmax_scale, causal, window_size, attention_chunk, softcap),
                     sinks=sinks, k_descale=k_descale, v_descale=v_descale,
-                    return_lse=return_softmax_lse, attn_mask=attn_mask, attn_bias=attn_bias)
+                    return_lse=return_softmax_lse, attn_mask=attn_mask, attn_bias=attn_bias,
+                    alibi_slopes=alibi_slopes)
     if not batched_q:
         return res
     out, lse = res if return_softmax_lse else (res, None)
@@ -229,8 +237,10 @@ def flash_attn_varlen_func(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                            deterministic: bool = False, sm_margin: int = 0,
                            return_softmax_lse: bool = False, sinks: torch.Tensor | None = None,
                            attn_mask: torch.Tensor | None = None,
-                           attn_bias: torch.Tensor | None = None):
-    """FlashAttention-3 ``flash_attn_varlen_func``: contiguous ``k``/``v [total_k, Hk, D]``."""
+                           attn_bias: torch.Tensor | None = None,
+                           alibi_slopes: torch.Tensor | None = None):
+    """FlashAttention-3 ``flash_attn_varlen_func``: contiguous ``k``/``v [total_k, Hk, D]``
+    (``alibi_slopes [Hq]`` as in FlashAttention-2)."""
     _unsupported(seqused_q=seqused_q, qv=qv, q_descale=q_descale)
     checks.check_rank("cu_seqlens_k", cu_seqlens_k, 1, "[batch + 1]")
     batch = cu_seqlens_k.shape[0] - 1
@@ -246,4 +256,5 @@ def flash_attn_varlen_func(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return attention(q, k, v, plan,
                      _params(q, softmax_scale, causal, window_size, attention_chunk, softcap),
                      sinks=sinks, k_descale=k_descale, v_descale=v_descale,
-                     return_lse=return_softmax_lse, attn_mask=attn_mask, attn_bias=attn_bias)
+                     return_lse=return_softmax_lse, attn_mask=attn_mask, attn_bias=attn_bias,
+                     alibi_slopes=alibi_slopes)

@@ -12,6 +12,10 @@ class AttnParams:
     ``[p - left, p + right]`` inclusive, -1 = unbounded (FlashAttention's convention).
     ``chunk_size`` > 0: Llama-4 chunked-local attention. ``softcap`` > 0: ``cap * tanh(s / cap)``
     on the scaled scores, before masking.
+    ``use_spans``: apply the plan's bidirectional spans (``plan.spans``, :mod:`core.spans`), if
+    it has any; a layer that must stay causal where others of its step do not sets it False.
+    ``spans_in_window``: a span's keys must also lie within the left window (vLLM's
+    ``mm_prefix_clamp_sliding_window``); otherwise a span overrides the window.
     """
 
     softmax_scale: float
@@ -20,6 +24,8 @@ class AttnParams:
     window_right: int = -1
     chunk_size: int = 0
     softcap: float = 0.0
+    use_spans: bool = True
+    spans_in_window: bool = False
 
     @property
     def positional(self) -> bool:

@@ -26,6 +26,9 @@ class AttnPlan:
     (``k_cache.shape[1]``). A plan whose table holds cache token slots (a speculative
     key list, see ``core.spec_tree``) has page size 1 over a cache of any page size;
     :func:`anyattn.core.views.cache_view` gives the view of the cache a plan addresses.
+
+    ``spans`` (``[B, S, 2]``) and ``span_counts`` (``[B]``) are the step's bidirectional spans
+    (:mod:`core.spans`), both present or both None.
     """
 
     cu_seqlens_q: torch.Tensor
@@ -38,6 +41,8 @@ class AttnPlan:
     deterministic: bool = False
     keys_span_rows: bool = False
     page_size: int | None = None
+    spans: torch.Tensor | None = None
+    span_counts: torch.Tensor | None = None
     schedules: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property

@@ -6,8 +6,9 @@ device, the CPU interpreter) and FlashAttention-3 where an engine install carrie
 static facts only (device capability, dtypes, head dims, ``max_seqlen_q``, batch), memoised on
 the plan and reused by every layer, so an eager step and a CUDA-graph replay launch the same
 kernels and nothing syncs. A call whose per-layer features the chosen provider does not cover
-(masks, bias, fp8 descales, chunked-local, ...) runs the schedule's Triton launch instead: that
-test reads host attributes only, so it is graph-safe too.
+(masks, bias, bidirectional spans, ALiBi, fp8 descales, chunked-local, ...) runs the
+schedule's Triton launch instead: that test reads host attributes only, so it is graph-safe
+too.
 
 ``ANYATTN_KERNELS=auto|triton|fa3`` forces the choice (``fa3`` still falls back where it does
 not cover a call). The policy below comes from the H200 measurements in the README.
@@ -83,6 +84,8 @@ class CallFeatures:
     masked: bool
     want_lse: bool
     strided: bool  # some tensor's last dim is not contiguous
+    spans: bool = False  # the plan's bidirectional spans apply
+    alibi: bool = False
 
 
 def requested() -> str:
@@ -132,7 +135,7 @@ def _pick(plan: AttnPlan, w: Workload) -> tuple[str, str]:
 def features(params: AttnParams, *, q: torch.Tensor, k_cache: torch.Tensor,
              v_cache: torch.Tensor, out: torch.Tensor | None, sinks: torch.Tensor | None,
              k_descale: torch.Tensor | None, v_descale: torch.Tensor | None, masked: bool,
-             want_lse: bool) -> CallFeatures:
+             want_lse: bool, spans: bool = False, alibi: bool = False) -> CallFeatures:
     strided = any(t is not None and t.stride(-1) != 1 for t in (q, k_cache, v_cache, out))
     return CallFeatures(params, q.dtype, sinks, k_descale is not None or v_descale is not None,
-                        masked, want_lse, strided)
+                        masked, want_lse, strided, spans, alibi)

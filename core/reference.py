@@ -6,6 +6,8 @@ O(q_chunk x k_chunk) per step and never O(q_len x k_len), even at 256K tokens.
 from __future__ import annotations
 
 import math
+from typing import Sequence
+
 import torch
 
 from . import masks
@@ -17,10 +19,14 @@ Q_CHUNK = 256
 K_CHUNK = 1024
 
 
-def visible(q_pos: torch.Tensor, k_pos: torch.Tensor, k_len: int, p: AttnParams) -> torch.Tensor:
-    """``[CQ, CK]`` boolean: which keys each query may see (positions are absolute)."""
+def visible(q_pos: torch.Tensor, k_pos: torch.Tensor, k_len: int, p: AttnParams,
+            spans: Sequence[tuple[int, int]] = ()) -> torch.Tensor:
+    """``[CQ, CK]`` boolean: which keys each query may see (positions are absolute).
+
+    ``spans``: the sequence's bidirectional spans, half-open (:mod:`core.spans`).
+    """
     qp, kp = q_pos[:, None], k_pos[None, :]
-    ok = kp < k_len
+    ok = torch.ones(qp.shape[0], kp.shape[1], dtype=torch.bool, device=q_pos.device)
     if p.causal:
         ok = ok & (kp <= qp)
     if p.window_left >= 0:
@@ -30,7 +36,20 @@ def visible(q_pos: torch.Tensor, k_pos: torch.Tensor, k_len: int, p: AttnParams)
     if p.chunk_size > 0:
         ok = ok & (torch.div(kp, p.chunk_size, rounding_mode="floor")
                    == torch.div(qp, p.chunk_size, rounding_mode="floor"))
-    return ok
+    for start, end in spans:
+        both = (qp >= start) & (qp < end) & (kp >= start) & (kp < end)
+        if p.spans_in_window and p.window_left >= 0:
+            both = both & (kp >= qp - p.window_left)
+        ok = ok | both
+    return ok & (kp < k_len)
+
+
+def _sequence_spans(plan: AttnPlan, params: AttnParams) -> list[list[tuple[int, int]]]:
+    """Each sequence's spans as host lists (none when the layer or the plan has none)."""
+    if not params.use_spans or plan.spans is None:
+        return [[] for _ in range(plan.batch_size)]
+    table, counts = plan.spans.tolist(), plan.span_counts.tolist()
+    return [[tuple(r) for r in table[b][:n]] for b, n in enumerate(counts)]
 
 
 def _gather_keys(cache: torch.Tensor, plan: AttnPlan, b: int, k_start: int, start: int,
@@ -59,13 +78,15 @@ def reference_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
                         v_descale: torch.Tensor | None = None,
                         out: torch.Tensor | None = None,
                         mask: MaskSpec | None = None, bias: MaskSpec | None = None,
+                        alibi_slopes: torch.Tensor | None = None,
                         q_chunk: int = Q_CHUNK, k_chunk: int = K_CHUNK,
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of ``q [total_q, Hq, D]`` over the plan's keys -> (out, lse ``[Hq, total_q]``).
 
     ``k_cache``/``v_cache`` are ``[num_pages, page_size, Hk, D]`` (paged plan) or
     ``[total_k, Hk, D]`` (contiguous plan); ``k_descale``/``v_descale`` are ``[B, Hk]``
-    dequantisation scales (FP8 caches); ``mask``/``bias`` come from :mod:`core.masks`.
+    dequantisation scales (FP8 caches); ``mask``/``bias`` come from :mod:`core.masks`;
+    ``alibi_slopes [Hq]`` add ``-slope * |q_pos - k_pos|`` (FA2's ALiBi) to the scaled scores.
     """
     total_q, hq, _ = q.shape
     hk = k_cache.shape[-2]
@@ -77,6 +98,7 @@ def reference_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     cu_q = plan.cu_seqlens_q.tolist()
     k_lens = plan.seqused_k.tolist()
     cu_k = plan.cu_seqlens_k.tolist() if plan.cu_seqlens_k is not None else None
+    seq_spans = _sequence_spans(plan, params)
     for b in range(plan.batch_size):
         q0, q1, k_len = cu_q[b], cu_q[b + 1], k_lens[b]
         if q1 - q0 > k_len and params.positional:
@@ -93,7 +115,7 @@ def reference_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
             for ks in range(0, k_len, k_chunk):
                 ke = min(ks + k_chunk, k_len)
                 k_pos = torch.arange(ks, ke, device=q.device)
-                ok = visible(q_pos, k_pos, k_len, params)
+                ok = visible(q_pos, k_pos, k_len, params, seq_spans[b])
                 if not bool(ok.any()):
                     continue
                 kf = _gather_keys(k_cache, plan, b, k_start, ks, ke)
@@ -106,6 +128,9 @@ def reference_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
                 s = s * params.softmax_scale
                 if params.softcap > 0:
                     s = params.softcap * torch.tanh(s / params.softcap)
+                if alibi_slopes is not None:
+                    dist = (q_pos[:, None] - k_pos[None, :]).abs().float()
+                    s = s - alibi_slopes.float()[:, None, None] * dist
                 rows = torch.arange(qs, qe, device=q.device)
                 if bias is not None:
                     s = s + masks.tile(bias, b, rows, k_pos, hq).float()

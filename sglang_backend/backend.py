@@ -110,13 +110,22 @@ class AnyAttnBackend(AttentionBackend):
         return self._forward(q, k, v, layer, forward_batch, save_kv_cache, sinks, kwargs)
 
     def _forward(self, q, k, v, layer, fb, save_kv_cache, sinks, extra):
-        unsupported = [name for name, value in extra.items() if value is not None]
+        # ALiBi: RadixAttention forwards a model's ``slopes`` (Baichuan-13B passes its heads'
+        # slopes this way, on NPU builds) to the backend.
+        slopes = extra.get("slopes")
+        unsupported = [name for name, value in extra.items()
+                       if value is not None and name != "slopes"]
         if unsupported:
             raise NotImplementedError(f"anyattn: forward arguments {unsupported} are not supported")
         md = self.forward_metadata
         if md is None:
             raise RuntimeError("anyattn: init_forward_metadata was not called for this step")
         params = self._params(layer)
+        if slopes is not None:
+            checks.check_alibi_slopes(slopes, layer.tp_q_head_num)
+            if md.draft is not None or layer.is_cross_attention:
+                raise NotImplementedError("anyattn: ALiBi in a speculative tree cascade or in "
+                                          "cross-attention is not supported")
         if md.draft is not None:  # refuse what the cascade cannot compute before any write
             cascade_params(params, md.main.max_seqlen_q)
             if self.planner.is_draft_step(fb) and params.window_left >= 0:
@@ -140,7 +149,7 @@ class AnyAttnBackend(AttentionBackend):
             _attend(q3, k_buf, v_buf, md.cross, self._params(layer, causal=False), sinks, scales,
                     out)
         elif md.draft is None:
-            _attend(q3, k_buf, v_buf, md.main, params, sinks, scales, out)
+            _attend(q3, k_buf, v_buf, md.main, params, sinks, scales, out, slopes)
         else:
             cascade_attention(q3, k_buf, v_buf, md.main, md.draft, params, sinks=sinks,
                               k_descale=scales[0], v_descale=scales[1], out=out)
@@ -161,9 +170,11 @@ class AnyAttnBackend(AttentionBackend):
             softcap=float(layer.logit_cap or 0.0))
 
 
-def _attend(q3, k_buf, v_buf, plan, params: AttnParams, sinks, scales, out) -> None:
+def _attend(q3, k_buf, v_buf, plan, params: AttnParams, sinks, scales, out,
+            slopes=None) -> None:
     """One pass over SGLang's token-major buffers, viewed in the plan's pages."""
     rows, hk = plan.batch_size, k_buf.shape[-2]
     attention(q3, cache_view(k_buf, plan), cache_view(v_buf, plan), plan, params, sinks=sinks,
               k_descale=expand_descale(scales[0], rows, hk, q3.device),
-              v_descale=expand_descale(scales[1], rows, hk, q3.device), out=out)
+              v_descale=expand_descale(scales[1], rows, hk, q3.device), out=out,
+              alibi_slopes=slopes)

@@ -28,10 +28,15 @@ def reference_path(*args, **kw):
 
 
 def dense_attention(q, k, v, *, scale, causal=True, window=(-1, -1), chunk=0, softcap=0.0,
-                    sinks=None, mask=None, bias=None):
+                    sinks=None, mask=None, bias=None, image_ids=None, image_in_window=False,
+                    alibi=None):
     """Naive float64 softmax attention of one sequence: q [Lq, Hq, D], k/v [Lk, Hk, D].
 
     ``mask`` (bool) / ``bias`` (float) are dense ``[Hq, Lq, Lk]``.
+    ``image_ids`` ``[Lk]`` (int): the image each key position belongs to, -1 for text, as
+    HF's Gemma-3 ``token_type_ids``; a query and a key of the same image see each other
+    whatever their order (``image_in_window``: only keys no further back than the left
+    window). ``alibi`` ``[Hq]``: slopes, ``-slope * |query position - key position|``.
     """
     lq, hq, _ = q.shape
     lk, hk, _ = k.shape
@@ -52,6 +57,14 @@ def dense_attention(q, k, v, *, scale, causal=True, window=(-1, -1), chunk=0, so
         ok &= kp <= qp + window[1]
     if chunk:
         ok &= (kp // chunk) == (qp // chunk)
+    if image_ids is not None:
+        ids = image_ids.long()
+        same = (ids[qp] == ids[kp]) & (ids[kp] >= 0)
+        if image_in_window and window[0] >= 0:
+            same &= qp - kp <= window[0]
+        ok |= same
+    if alibi is not None:
+        s = s - alibi.double()[:, None, None] * (qp - kp).abs().double()
     if bias is not None:
         s = s + bias.double()
     if mask is not None:

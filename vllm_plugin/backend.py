@@ -83,6 +83,12 @@ class AnyAttnBackend(KVCacheDeclarations, AttentionBackend):
         return True
 
     @classmethod
+    def supports_mm_prefix(cls) -> bool:
+        # Bidirectional image spans (mm_req_doc_ranges) become the plan's span table: a
+        # kernel predicate over O(spans) memory (builder.py, core.spans).
+        return True
+
+    @classmethod
     def supports_attn_type(cls, attn_type: str) -> bool:
         # ENCODER (the encoder half of an encoder-decoder model) is left out: no test here
         # runs such a model's encoder through an attention backend.

@@ -3,6 +3,13 @@
 Every layer of a KV-cache group shares the plan built here. Plans come from
 ``core.builders`` (eager steps) or ``core.graph`` (steps a full CUDA graph may replay);
 this module only chooses between them and maps vLLM's field names.
+
+Bidirectional image spans (prefix-LM models such as Gemma-3/4, PaliGemma): vLLM's model
+runner passes ``CommonAttentionMetadata.mm_req_doc_ranges`` (0.26 through 0.33), request
+index -> ``(start, end)`` token positions with ``end`` INCLUSIVE (``PlaceholderRange.
+extract_embeds_range``), every image of the request, possibly past this step's keys, already
+without the ranges longer than a sliding window unless the model clamps them in the kernel.
+They become core's half-open spans ``[start, end + 1)``, cut to the step (``core.spans``).
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ from vllm.v1.attention.backend import (AttentionCGSupport, AttentionMetadataBuil
 from vllm.v1.kv_cache_interface import (AttentionSpec, CrossAttentionSpec,
                                         EncoderOnlyAttentionSpec)
 
+from anyattn.core import spans as core_spans
 from anyattn.core.builders import build_plan
 from anyattn.core.graph import GraphPlanBuffers
 from anyattn.core.kernels import fa3
@@ -37,6 +45,11 @@ class AnyAttnMetadata:
     plan: AttnPlan
     # Rows of q/k/v/output this step owns; vLLM may pad the token dimension past them.
     num_actual_tokens: int
+    # The plan's span table while this metadata's layers apply it. TRITON_ATTN's name:
+    # Gemma-4 sets it to None on its full-attention layers' metadata each step
+    # (Gemma4ForConditionalGeneration._clear_mm_prefix_for_full_attn_layers), which then
+    # run causal; the impl reads it, not the plan.
+    mm_prefix_range_tensor: torch.Tensor | None = None
 
 
 class AnyAttnMetadataBuilder(AttentionMetadataBuilder[AnyAttnMetadata]):
@@ -59,6 +72,7 @@ class AnyAttnMetadataBuilder(AttentionMetadataBuilder[AnyAttnMetadata]):
         self.max_pages = kv_cache_spec.max_num_blocks_per_req(vllm_config, max_len)
         self.encoder_only = isinstance(kv_cache_spec, EncoderOnlyAttentionSpec)
         self.deterministic = envs.VLLM_BATCH_INVARIANT
+        self.mm_prefix = bool(vllm_config.model_config.is_mm_prefix_lm)
         self.workload = self._workload()
         self.graph_buffers = self._make_graph_buffers()
         logger.info_once("anyattn attention backend (--attention-backend %s): Triton kernels; "
@@ -83,10 +97,13 @@ class AnyAttnMetadataBuilder(AttentionMetadataBuilder[AnyAttnMetadata]):
         max_seqlen_q = max_decode_query_len(self.vllm_config)
         max_batch = min(self.vllm_config.scheduler_config.max_num_seqs,
                         cdiv(compilation.max_cudagraph_capture_size, max_seqlen_q))
+        # A prefix-LM model's uniform steps may hold image tokens (a short prefill chunk):
+        # at most one span per query reaches the step (core.spans.step_spans).
         return GraphPlanBuffers(max_batch, self.max_pages, max_seqlen_q=max_seqlen_q,
                                 page_size=self.page_size, num_kv_heads=self.num_kv_heads,
                                 device=self.device, deterministic=self.deterministic,
-                                workload=self.workload)
+                                workload=self.workload,
+                                max_spans=max_seqlen_q if self.mm_prefix else 0)
 
     def _fits_graph(self, cm: CommonAttentionMetadata) -> bool:
         g = self.graph_buffers
@@ -98,6 +115,7 @@ class AnyAttnMetadataBuilder(AttentionMetadataBuilder[AnyAttnMetadata]):
         if isinstance(cm.causal, torch.Tensor):
             raise ValueError("anyattn: per-request causal flags (CommonAttentionMetadata."
                              "causal as a tensor) are not supported")
+        spans = self._spans(cm)
         if self.encoder_only:
             # No cache: every sequence attends its own new keys, which sit in the same
             # rows of the key tensor as its queries.
@@ -110,13 +128,37 @@ class AnyAttnMetadataBuilder(AttentionMetadataBuilder[AnyAttnMetadata]):
             # with this step's lengths and pages. vLLM pads requests with q_len 0, seq_len 0.
             plan = self.graph_buffers.update(
                 cm.num_reqs, cu_seqlens_q=cm.query_start_loc, seqused_k=cm.seq_lens,
-                page_table=cm.block_table_tensor[:, : self.max_pages])
+                page_table=cm.block_table_tensor[:, : self.max_pages], spans=spans)
         else:
             plan = build_plan(cm.query_start_loc, cm.seq_lens, max_seqlen_q=cm.max_query_len,
                               max_seqlen_k=cm.max_seq_len, page_table=cm.block_table_tensor,
                               num_kv_heads=self.num_kv_heads, deterministic=self.deterministic,
-                              workload=self.workload)
-        return AnyAttnMetadata(plan=plan, num_actual_tokens=cm.num_actual_tokens)
+                              workload=self.workload, spans=spans)
+        return AnyAttnMetadata(plan=plan, num_actual_tokens=cm.num_actual_tokens,
+                               mm_prefix_range_tensor=plan.spans)
+
+    def _spans(self, cm: CommonAttentionMetadata) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The step's span table from ``mm_req_doc_ranges`` (None: no image tokens here).
+
+        Host values only: query offsets from ``query_start_loc_cpu`` and key counts from
+        ``seq_lens_cpu_upper_bound``, exact for prefill rows, where images are; a decode
+        row's optimistic bound only moves its queries further past its prompt's images.
+        """
+        ranges = cm.mm_req_doc_ranges
+        if not ranges or self.encoder_only:
+            return None  # encoder-only layers see their whole sequence already
+        if cm.seq_lens_cpu_upper_bound is None:
+            raise ValueError("anyattn: mm_req_doc_ranges needs CommonAttentionMetadata."
+                             "seq_lens_cpu_upper_bound (host key counts)")
+        n = cm.num_reqs
+        starts = cm.query_start_loc_cpu[: n + 1].tolist()
+        q_lens = [b - a for a, b in zip(starts, starts[1:])]
+        whole = [[(int(s), int(e) + 1) for s, e in ranges.get(r, ())] for r in range(n)]
+        step = core_spans.step_spans(whole, q_lens, cm.seq_lens_cpu_upper_bound[:n].tolist(),
+                                     name="mm_req_doc_ranges (as [start, end + 1))")
+        if not any(step):
+            return None
+        return core_spans.span_table(step, self.device)
 
     def build_for_cudagraph_capture(
             self, common_attn_metadata: CommonAttentionMetadata) -> AnyAttnMetadata:

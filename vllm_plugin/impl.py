@@ -4,13 +4,20 @@ vLLM hands each layer its cache as the logical view ``[num_blocks, Hk, block_siz
 (K then V in the last dim) over whatever physical layout the engine negotiated. Slicing
 and transposing give core's ``[num_pages, page_size, Hk, D]`` views with the cache's own
 strides: nothing is copied, and core's kernels take the strides as they are.
+
+ALiBi (BLOOM, Falcon with ``alibi``, MPT): vLLM hands each layer its heads' slopes as
+``alibi_slopes`` (a list, one per query head of this rank); core adds ``-slope * |q_pos - k|``
+to the scaled scores (FlashAttention-2's convention; vLLM's TRITON_ATTN adds
+``slope * (k - context_len)``, the same softmax for every key at or before the query).
 """
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 from vllm.v1.attention.backend import AttentionImpl, AttentionLayer, AttentionType
 
-from anyattn.core import ops
+from anyattn.core import checks, ops
 from anyattn.core.ops import AttnParams
 from anyattn.core.views import expand_descale
 
@@ -24,8 +31,10 @@ class AnyAttnImpl(AttentionImpl[AnyAttnMetadata]):
                  attn_type: str = AttentionType.DECODER,
                  kv_sharing_target_layer_name: str | None = None,
                  sinks: torch.Tensor | None = None) -> None:
+        self.alibi_slopes = None
         if alibi_slopes is not None:
-            raise ValueError("anyattn: ALiBi slopes are not supported")
+            self.alibi_slopes = torch.as_tensor(alibi_slopes, dtype=torch.float32)
+            checks.check_alibi_slopes(self.alibi_slopes, num_heads)
         if attn_type not in SUPPORTED_ATTN_TYPES:
             raise ValueError(f"anyattn: attention type {attn_type} is not supported "
                              f"({', '.join(t.value for t in SUPPORTED_ATTN_TYPES)} are)")
@@ -72,9 +81,10 @@ class AnyAttnImpl(AttentionImpl[AnyAttnMetadata]):
         if attn_metadata is None:
             return output  # profiling run: no plan and no cache to read
         n = attn_metadata.num_actual_tokens
+        params = self._step_params(layer, attn_metadata)
         if self.attn_type == AttentionType.ENCODER_ONLY:
-            ops.attention(query[:n], key[:n], value[:n], attn_metadata.plan, self.params,
-                          sinks=self.sinks, out=output[:n])
+            ops.attention(query[:n], key[:n], value[:n], attn_metadata.plan, params,
+                          sinks=self.sinks, out=output[:n], alibi_slopes=self.alibi_slopes)
             return output
         k_cache, v_cache = self._cache_views(kv_cache)
         k_descale = v_descale = None
@@ -83,10 +93,21 @@ class AnyAttnImpl(AttentionImpl[AnyAttnMetadata]):
             batch = attn_metadata.plan.batch_size
             k_descale = expand_descale(layer._k_scale, batch, self.num_kv_heads, query.device)
             v_descale = expand_descale(layer._v_scale, batch, self.num_kv_heads, query.device)
-        ops.attention(query[:n], k_cache, v_cache, attn_metadata.plan, self.params,
+        ops.attention(query[:n], k_cache, v_cache, attn_metadata.plan, params,
                       sinks=self.sinks, k_descale=k_descale, v_descale=v_descale,
-                      out=output[:n])
+                      out=output[:n], alibi_slopes=self.alibi_slopes)
         return output
+
+    def _step_params(self, layer: AttentionLayer, md: AnyAttnMetadata) -> AttnParams:
+        """The layer's semantics for this step's spans: applied unless the model cleared them
+        from the metadata (Gemma-4's full-attention layers), and kept inside the sliding
+        window when the layer says ``mm_prefix_clamp_sliding_window`` (Gemma-4's sliding
+        layers; read from the layer, as TRITON_ATTN does)."""
+        if md.plan.spans is None:
+            return self.params
+        return replace(self.params, use_spans=md.mm_prefix_range_tensor is not None,
+                       spans_in_window=bool(getattr(layer, "mm_prefix_clamp_sliding_window",
+                                                    False)))
 
     def do_kv_cache_update(self, layer: AttentionLayer, key: torch.Tensor,
                            value: torch.Tensor, kv_cache: torch.Tensor,

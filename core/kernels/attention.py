@@ -4,7 +4,7 @@ A program owns ``BLOCK_M`` packed query rows of one (sequence, kv head) and one 
 Rows pack GQA: row ``r`` is token ``r // GROUP`` of the sequence and query head
 ``kv_head * GROUP + r % GROUP``, so every K/V tile loaded is shared by the whole group.
 Features (causal, window, chunked-local, soft-cap, sinks, FP8 descale, paged or contiguous
-keys, split output) are ``constexpr`` flags of the same loop.
+keys, split output, bidirectional spans, ALiBi) are ``constexpr`` flags of the same loop.
 """
 from __future__ import annotations
 
@@ -50,18 +50,38 @@ def _layout_load(Ptr, Start, b, q_row, head, offs_n, in_range,
 
 
 @triton.jit
+def _row_spans(Spans, count, q_pos, stride_ss):
+    """The span ``[lo, hi)`` holding each row's query position (``lo == hi == 0``: none).
+
+    ``Spans`` points at one sequence's ``count`` sorted, disjoint (start, end) pairs
+    (:mod:`core.spans`), so a position lies in at most one of them.
+    """
+    lo = tl.zeros_like(q_pos)
+    hi = tl.zeros_like(q_pos)
+    for i in range(0, count):
+        start = tl.load(Spans + i * stride_ss)
+        end = tl.load(Spans + i * stride_ss + 1)
+        inside = (q_pos >= start) & (q_pos < end)
+        lo = tl.where(inside, start, lo)
+        hi = tl.where(inside, end, hi)
+    return lo, hi
+
+
+@triton.jit
 def _attn_tiles(
     m_i, l_i, acc, q, K, V, PageTable, b, kvh, k_start, start, stop,
     row_ok, tok, head, q_start, q_pos, scale, softcap, window_left, window_right,
     chunk_size, stride_kp, stride_ks, stride_kh, stride_kd, stride_vp, stride_vs, stride_vh,
     stride_vd, stride_pt, Mask, MaskStart, stride_mr, stride_mh, stride_mc, mask_cols,
     Bias, BiasStart, stride_br, stride_bh, stride_bc, bias_cols, KeyTerm, key_row0,
+    span_lo, span_hi, alibi,
     HQ: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, PAGED: tl.constexpr,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HAS_CHUNK: tl.constexpr, HAS_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr,
     MASK_LAYOUT: tl.constexpr, MASK_HEADS: tl.constexpr, BIAS_LAYOUT: tl.constexpr,
     BIAS_HEADS: tl.constexpr, SKIP_MASKED_TILES: tl.constexpr, KEY_SHARED: tl.constexpr,
+    HAS_SPANS: tl.constexpr, SPANS_IN_WINDOW: tl.constexpr, HAS_ALIBI: tl.constexpr,
 ):
     """The shared tile loop: keys ``[start, stop)`` in ``BLOCK_N`` tiles, online softmax.
 
@@ -70,11 +90,14 @@ def _attn_tiles(
     Masks and bias join the scaled scores as an additive log2-domain term (-inf hides a key):
     a key-side term that all rows share (``KEY_SHARED``, see ``key_term``) as a ``[BLOCK_N]``
     vector fetched with the K/V tiles, layouts that vary per row (``MASK_LAYOUT``,
-    ``BIAS_LAYOUT``) as ``[BLOCK_M, BLOCK_N]`` tiles.
+    ``BIAS_LAYOUT``) as ``[BLOCK_M, BLOCK_N]`` tiles. ALiBi (``alibi``: ``-slope * log2(e)`` per
+    row) adds ``alibi * |q_pos - k|`` to the scaled scores. A row inside a bidirectional span
+    (``[span_lo, span_hi)``, see ``core.spans``) also sees the span's keys: an OR with the
+    position predicate, so the bulk (visible by position) stays visible.
     """
     MASK_ROWS: tl.constexpr = MASK_LAYOUT != 0
     BIAS_ROWS: tl.constexpr = BIAS_LAYOUT != 0
-    HAS_ADD: tl.constexpr = MASK_ROWS or BIAS_ROWS or KEY_SHARED
+    HAS_ADD: tl.constexpr = MASK_ROWS or BIAS_ROWS or KEY_SHARED or HAS_ALIBI
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     d_ok = offs_d < HEAD_DIM
@@ -91,6 +114,12 @@ def _attn_tiles(
             visible = visible & ((window_right < 0) | (offs_n[None, :] <= q_pos[:, None] + window_right))
         if HAS_CHUNK:
             visible = visible & ((offs_n[None, :] // chunk_size) == (q_pos[:, None] // chunk_size))
+        if HAS_SPANS:
+            in_span = (offs_n[None, :] >= span_lo[:, None]) & (offs_n[None, :] < span_hi[:, None])
+            if SPANS_IN_WINDOW:
+                in_span = in_span & ((window_left < 0)
+                                     | (offs_n[None, :] >= q_pos[:, None] - window_left))
+            visible = visible | (in_range & in_span)
         add = tl.zeros([1, BLOCK_N], tl.float32)
         if MASK_ROWS:
             mvals, mok = _layout_load(Mask, MaskStart, b, q_start + tok, head, offs_n,
@@ -145,6 +174,8 @@ def _attn_tiles(
                                     + tl.arange(0, BLOCK_N))[None, :]
                 if MASK_ROWS or BIAS_ROWS:
                     s = s + add
+                if HAS_ALIBI:
+                    s = s + alibi[:, None] * tl.abs(q_pos[:, None] - offs_n[None, :]).to(tl.float32)
                 s_mul = 1.0
             else:
                 s_mul = scale * 1.4426950408889634
@@ -170,7 +201,7 @@ def _attn_fwd(
     CuSeqQ, SeqUsedK, PageTable, CuSeqK, Sinks, KDescale, VDescale,
     Mask, MaskStart, stride_mr, stride_mh, stride_mc, mask_cols,
     Bias, BiasStart, stride_br, stride_bh, stride_bc, bias_cols,
-    KeyTerm, KeyStart, stride_th,
+    KeyTerm, KeyStart, stride_th, Spans, SpanCounts, stride_sb, stride_ss, AlibiSlopes,
     qk_scale, softcap, window_left, window_right, chunk_size,
     stride_qt, stride_qh, stride_qd,
     stride_kp, stride_ks, stride_kh, stride_kd,
@@ -189,6 +220,7 @@ def _attn_fwd(
     MASK_LAYOUT: tl.constexpr, MASK_HEADS: tl.constexpr,
     BIAS_LAYOUT: tl.constexpr, BIAS_HEADS: tl.constexpr, SKIP_MASKED_TILES: tl.constexpr,
     KEY_SHARED: tl.constexpr, KEY_HEADS: tl.constexpr,
+    HAS_SPANS: tl.constexpr, SPANS_IN_WINDOW: tl.constexpr, HAS_ALIBI: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -239,6 +271,25 @@ def _attn_fwd(
     if HAS_CHUNK:
         lo = tl.maximum(lo, (pos_lo // chunk_size) * chunk_size)
         hi = tl.minimum(hi, (pos_hi // chunk_size + 1) * chunk_size)
+    if HAS_SPANS:
+        # Rows inside a span also visit its keys: past the diagonal (up to the span's end),
+        # and before a window's left edge unless the span is kept inside the window.
+        span_lo, span_hi = _row_spans(Spans + b * stride_sb, tl.load(SpanCounts + b), q_pos,
+                                      stride_ss)
+        in_span = row_ok & (span_hi > span_lo)
+        first = span_lo
+        if SPANS_IN_WINDOW:
+            first = tl.where(window_left >= 0, tl.maximum(span_lo, q_pos - window_left), span_lo)
+        lo = tl.minimum(lo, tl.min(tl.where(in_span, first, k_len), 0))
+        hi = tl.maximum(hi, tl.minimum(tl.max(tl.where(in_span, span_hi, 0), 0), k_len))
+    else:
+        span_lo = tl.zeros_like(q_pos)
+        span_hi = span_lo
+    if HAS_ALIBI:
+        alibi = tl.load(AlibiSlopes + head, mask=row_ok, other=0.0).to(tl.float32)
+        alibi = alibi * -1.4426950408889634  # -slope, in the log2 domain of the scores
+    else:
+        alibi = tl.zeros([BLOCK_M], tl.float32)
     lo = (lo // BLOCK_N) * BLOCK_N
     if NUM_SPLITS > 1:
         per_split = tl.cdiv(tl.cdiv(tl.maximum(hi - lo, 0), NUM_SPLITS), BLOCK_N) * BLOCK_N
@@ -267,9 +318,11 @@ def _attn_fwd(
             chunk_size, stride_kp, stride_ks, stride_kh, stride_kd, stride_vp, stride_vs,
             stride_vh, stride_vd, stride_pt, Mask, MaskStart, stride_mr, stride_mh, stride_mc,
             mask_cols, Bias, BiasStart, stride_br, stride_bh, stride_bc, bias_cols, KeyTerm,
-            key_row0, NUM_KV_HEADS * GROUP, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N,
-            PAGE_SIZE, PAGED, part == 1, IS_CAUSAL, HAS_WINDOW, HAS_CHUNK, HAS_SOFTCAP, UPCAST,
-            MASK_LAYOUT, MASK_HEADS, BIAS_LAYOUT, BIAS_HEADS, SKIP_MASKED_TILES, KEY_SHARED)
+            key_row0, span_lo, span_hi, alibi, NUM_KV_HEADS * GROUP, HEAD_DIM, HEAD_DIM_V,
+            BLOCK_D, BLOCK_DV, BLOCK_N, PAGE_SIZE, PAGED, part == 1, IS_CAUSAL, HAS_WINDOW,
+            HAS_CHUNK, HAS_SOFTCAP, UPCAST,
+            MASK_LAYOUT, MASK_HEADS, BIAS_LAYOUT, BIAS_HEADS, SKIP_MASKED_TILES, KEY_SHARED,
+            HAS_SPANS, SPANS_IN_WINDOW, HAS_ALIBI)
 
     if HAS_SINKS:
         # The sink is one more logit with no value; it joins only split 0's denominator.
@@ -341,10 +394,11 @@ def run_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                   k_descale: torch.Tensor | None, v_descale: torch.Tensor | None,
                   out: torch.Tensor | None, want_lse: bool,
                   mask: MaskSpec | None = None, bias: MaskSpec | None = None,
-                  cfg: dict | None = None,
+                  alibi_slopes: torch.Tensor | None = None, cfg: dict | None = None,
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Launch the forward kernel (plus the split merge when the plan splits keys).
 
+    ``alibi_slopes [Hq]``: ALiBi, ``-slope * |q_pos - k|`` added to the scaled scores.
     ``cfg`` overrides :func:`tile_config` (benchmarks use it to sweep tile shapes).
     """
     total_q, hq, d = q.shape
@@ -387,6 +441,9 @@ def run_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         bias = None if key_bias else bias
     else:
         term_args = (dummy, dummy, 0)
+    spans = params.use_spans and plan.spans is not None
+    span_args = ((plan.spans, plan.span_counts, plan.spans.stride(0), plan.spans.stride(1))
+                 if spans else (dummy, dummy, 0, 0))
     grid = (triton.cdiv(plan.max_seqlen_q * group, cfg["BLOCK_M"]), plan.batch_size * hk, splits)
     _attn_fwd[grid](
         q, k_cache, v_cache, o_part, l_part,
@@ -394,7 +451,8 @@ def run_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         sinks if sinks is not None else dummy,
         k_descale if k_descale is not None else dummy,
         v_descale if v_descale is not None else dummy,
-        *_layout_args(mask, dummy), *_layout_args(bias, dummy), *term_args,
+        *_layout_args(mask, dummy), *_layout_args(bias, dummy), *term_args, *span_args,
+        alibi_slopes if alibi_slopes is not None else dummy,
         params.softmax_scale, params.softcap or 1.0,
         params.window_left, params.window_right, max(params.chunk_size, 1),
         *q.stride(), kp, ks, kh, kd, vp, vs, vh, vd,
@@ -412,6 +470,8 @@ def run_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         BIAS_LAYOUT=int(bias.layout) if bias else 0, BIAS_HEADS=bias.heads if bias else 1,
         SKIP_MASKED_TILES=mask is not None,  # per-row layouts only: worth skipping tiles
         KEY_SHARED=key_shared is not None, KEY_HEADS=term.shape[0] if key_shared else 1,
+        HAS_SPANS=spans, SPANS_IN_WINDOW=spans and params.spans_in_window,
+        HAS_ALIBI=alibi_slopes is not None,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if splits > 1:

@@ -11,7 +11,8 @@ cache of the same dtype (its FP8 path quantises the queries too, which anyattn's
 not), head dims that are multiples of 8 up to 256 with ``Dv == D``, any page size, causal and
 window ``(left, right)`` (both bottom-right aligned, as anyattn's), soft-cap, sinks
 (``s_aux``: bf16 sinks with bf16 queries, the only kind FA3 accepts), LSE. Not: masks, bias,
-tree masks, chunked-local, fp8 descales, strided last dims, deterministic plans.
+tree masks, bidirectional spans (FA3 has no mm-prefix), ALiBi (FA3 dropped FA2's
+``alibi_slopes``), chunked-local, fp8 descales, strided last dims, deterministic plans.
 Empty rows: FA3 writes output 0 and LSE +inf; anyattn's contract says LSE -inf, fixed in place.
 Unlike anyattn's kernels, FA3 loads whole pages and masks the scores, so cache slots past a
 sequence's end must hold finite values (engines' caches are allocated zeroed; a NaN there
@@ -92,6 +93,10 @@ def uncovered_call(f) -> str | None:
     """Why FA3 does not cover a call's per-layer features (:class:`CallFeatures`), or None."""
     if f.masked:
         return "masks / bias"
+    if f.spans:
+        return "bidirectional spans"
+    if f.alibi:
+        return "ALiBi"
     if f.fp8_descale:
         return "fp8 descales"
     if f.params.chunk_size > 0:

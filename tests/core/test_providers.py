@@ -6,6 +6,7 @@ from their documented contracts on top of the chunked reference, including FA3's
 rows with nothing visible. So these tests check the argument mapping and the routing against
 the oracle; the real FA3 is checked on the device (tests/gpu/test_providers.py).
 """
+import dataclasses
 import math
 import os
 
@@ -18,6 +19,7 @@ from anyattn.core.graph import GraphPlanBuffers
 from anyattn.core.kernels import fa3
 from anyattn.core.params import AttnParams
 from anyattn.core.reference import reference_attention
+from anyattn.core.spans import span_table
 
 from batches import paged_batch
 
@@ -185,11 +187,12 @@ def _fp8(b):
 
 
 @pytest.mark.parametrize("case", ["fp32", "fp8-kv", "chunked", "fp32-sinks", "fp16-sinks",
-                                  "mask", "bias", "dv", "strided-q"])
+                                  "mask", "bias", "dv", "strided-q", "spans", "alibi"])
 def test_uncovered_calls_fall_back_to_triton(fake_fa3, kernel_calls, case):
     dtype = torch.float32 if case == "fp32" else torch.float16
     b = _batch([20, 3], [40, 3], dtype=dtype, dv=16 if case == "dv" else None)
     q, k, v, params, kw = b.q, b.k_cache, b.v_cache, P, {}
+    plan = b.plan
     if case == "fp8-kv":
         k, v = _fp8(b)
         kw = dict(k_descale=torch.full((2, HK), 0.5, device=DEV),
@@ -206,9 +209,15 @@ def test_uncovered_calls_fall_back_to_triton(fake_fa3, kernel_calls, case):
         kw = dict(attn_bias=torch.randn(43, HK, device=DEV))
     elif case == "strided-q":
         q = torch.cat([q, q], dim=-1)[..., ::2]
-    got = ops.attention(q, k, v, b.plan, params, **kw)
-    want = reference_attention(q, k, v, b.plan, params, **{
-        key: val for key, val in kw.items() if key in ("sinks", "k_descale", "v_descale")},
+    elif case == "spans":  # FA3 has no mm-prefix: a plan with spans runs on Triton
+        table, counts = span_table([[(25, 40)], []], DEV)
+        plan = dataclasses.replace(b.plan, spans=table, span_counts=counts)
+    elif case == "alibi":  # FA3 dropped FA2's alibi_slopes
+        kw = dict(alibi_slopes=torch.rand(HQ, device=DEV))
+    got = ops.attention(q, k, v, plan, params, **kw)
+    want = reference_attention(q, k, v, plan, params, **{
+        key: val for key, val in kw.items()
+        if key in ("sinks", "k_descale", "v_descale", "alibi_slopes")},
         **_reference_masks(b, kw, q))[0]
     # fp8 rounds K/V; on CUDA a float32 dot runs in TF32.
     _close(got, want, tol=1e-2 if case == "fp8-kv" or (case == "fp32" and DEV == "cuda") else 2e-3)

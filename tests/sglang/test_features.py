@@ -1,5 +1,5 @@
-"""FP8 KV cache with per-tensor scales, and chunked-local (iRoPE) attention, through real
-SGLang pools and RadixAttention.
+"""FP8 KV cache with per-tensor scales, chunked-local (iRoPE) attention and ALiBi slopes,
+through real SGLang pools and RadixAttention.
 
 Expected outputs come from SGLang's Triton backend (interpreter) where it supports the
 feature, and from the float64 dense oracle over each request's K/V rebuilt independently of
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import HEAD_DIM, Scenario, count_kernel_launches, fp8_round_trip
+from harness import HEAD_DIM, Scenario, Spec, count_kernel_launches, fp8_round_trip
 from oracle import dense_attention
 from sglang.srt.model_executor.forward_batch_info import ForwardMode
 
@@ -19,7 +19,8 @@ FP8 = torch.float8_e4m3fn
 IMPLS = ["reference", "triton"]
 
 
-def expected(s: Scenario, *, chunk: int = 0, abs_v: bool = False) -> torch.Tensor:
+def expected(s: Scenario, *, chunk: int = 0, abs_v: bool = False,
+             alibi: torch.Tensor | None = None) -> torch.Tensor:
     """Dense float64 causal attention per request (keys start at position 0), ``[T, Hq*D]``.
 
     ``abs_v`` attends over ``|V|`` instead: per element, sum_j P_j |v_j|.
@@ -30,7 +31,7 @@ def expected(s: Scenario, *, chunk: int = 0, abs_v: bool = False) -> torch.Tenso
         q = s.q[lo:lo + n].float().view(n, s.num_heads, HEAD_DIM)
         k, v = s.request_kv(b)
         out, _ = dense_attention(q, k, v.abs() if abs_v else v, scale=s.layer.scaling,
-                                 chunk=chunk)
+                                 chunk=chunk, alibi=alibi)
         outs.append(out.reshape(n, -1))
     return torch.cat(outs).float()
 
@@ -114,3 +115,47 @@ def test_chunked_local_attention(scenario_factory, monkeypatch, name, impl):
     s.layer.use_irope = False
     torch.testing.assert_close(s.run(backend), full, atol=tol, rtol=tol)
     assert bool(calls) == (impl == "triton")
+
+
+SLOPES = torch.tensor([0.5, 0.25, 0.125, 0.0625])
+# Extend with and without prefixes, decode, and a chain target verify (a single pass whose
+# draft tokens sit at the last positions); page size 16, GQA 4/2.
+ALIBI_CASES = {
+    "extend": dict(mode=ForwardMode.EXTEND, prefix_lens=(0, 17, 40), new_lens=(9, 5, 12)),
+    "decode": dict(mode=ForwardMode.DECODE, prefix_lens=(6, 15, 60), new_lens=(1, 1, 1)),
+    "verify-chain": dict(mode=ForwardMode.TARGET_VERIFY, prefix_lens=(5, 30), new_lens=(3, 3),
+                         spec=Spec(topk=1, num_draft_tokens=3, num_steps=2)),
+}
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("name", sorted(ALIBI_CASES))
+def test_alibi_slopes(scenario_factory, monkeypatch, name, impl):
+    """ALiBi slopes as RadixAttention's ``slopes`` keyword, the way SGLang's Baichuan passes
+    them (on NPU builds; no SGLang backend that runs on a CPU applies ALiBi, so the dense
+    oracle, ``-slope * |query position - key position|``, is the only reference)."""
+    monkeypatch.setenv("ANYATTN_IMPL", impl)
+    calls = count_kernel_launches(monkeypatch)
+    s = scenario_factory(page_size=16, **ALIBI_CASES[name])
+    tol = 2e-5 if impl == "reference" else 1e-4
+    got = s.run(s.backend("anyattn"), slopes=SLOPES)
+    torch.testing.assert_close(got, expected(s, alibi=SLOPES), atol=tol, rtol=tol)
+    assert (got - expected(s)).abs().max() > 1e-2
+    assert bool(calls) == (impl == "triton")
+
+
+def test_unusable_slopes_are_refused_before_any_write(scenario_factory):
+    """A slope count that is not the layer's head count, and ALiBi in a tree verify (the
+    cascade places draft tokens at other positions than SGLang's): errors before the KV write."""
+    extend = scenario_factory(page_size=16, **ALIBI_CASES["extend"])
+    tree = scenario_factory(mode=ForwardMode.TARGET_VERIFY, prefix_lens=(5, 30), new_lens=(4, 4),
+                            page_size=16, tree_parents=[-1, 0, 0, 1], batch_topk=2,
+                            spec=Spec(topk=2, num_draft_tokens=4, num_steps=3))
+    for s, slopes, error, match in (
+            (extend, SLOPES[:3], ValueError, r"alibi_slopes: expected .* \(4,\) \[num_heads\]"),
+            (tree, SLOPES, NotImplementedError, "ALiBi in a speculative tree cascade")):
+        before = [t.clone() for t in s.runner.token_to_kv_pool.get_kv_buffer(0)]
+        with pytest.raises(error, match=match):
+            s.run(s.backend("anyattn"), slopes=slopes)
+        assert all(torch.equal(a, b)
+                   for a, b in zip(before, s.runner.token_to_kv_pool.get_kv_buffer(0)))

@@ -42,6 +42,22 @@ def tiny_model(tmp_path_factory) -> str:
     return str(make_tiny_llama(tmp_path_factory.mktemp("tiny-llama")))
 
 
+@pytest.fixture(scope="module")
+def vllm_config(tiny_model):
+    """The tiny Llama's VllmConfig (fp32), for builders and impls made by hand (steps.py)."""
+    from vllm.config import ModelConfig, VllmConfig
+
+    return VllmConfig(model_config=ModelConfig(model=tiny_model, skip_tokenizer_init=True,
+                                               dtype="float32", max_model_len=512))
+
+
+@pytest.fixture(params=["reference", "triton"])
+def core_path(request, monkeypatch):
+    """Core's PyTorch reference, or its Triton kernels (interpreted: see above)."""
+    monkeypatch.setenv("ANYATTN_IMPL", request.param)
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def cpu_attn_generation(tiny_model):
     """vLLM's own CPU backend on PROMPTS: the tokens every anyattn run must reproduce."""

@@ -1,6 +1,6 @@
 """Builder + impl with real vLLM objects (CommonAttentionMetadata, VllmConfig, specs),
-checked against a dense softmax oracle written here, on the reference path and on the
-Triton kernels under the interpreter."""
+checked against the dense float64 oracle, on the reference path and on the Triton kernels
+under the interpreter."""
 from __future__ import annotations
 
 import copy
@@ -12,140 +12,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from vllm.config import ModelConfig, VllmConfig, set_current_vllm_config
+from vllm.config import ModelConfig, set_current_vllm_config
 from vllm.config.compilation import CUDAGraphMode
 from vllm.v1.attention.backend import AttentionType, CommonAttentionMetadata
-from vllm.v1.kv_cache_interface import (CrossAttentionSpec, EncoderOnlyAttentionSpec,
-                                        FullAttentionSpec)
+from vllm.v1.kv_cache_interface import CrossAttentionSpec, EncoderOnlyAttentionSpec
 
 from anyattn.vllm_plugin import BACKEND_PATH, backend_enum_member, selected_name
-from oracle import dense_attention
 from anyattn.vllm_plugin.backend import AnyAttnBackend
-from anyattn.vllm_plugin.builder import AnyAttnMetadataBuilder
-from anyattn.vllm_plugin.impl import AnyAttnImpl
-
-HQ, HK, D, PAGE, NUM_BLOCKS = 4, 2, 32, 16, 48
-SCALE = D ** -0.5
-
-
-@pytest.fixture(params=["reference", "triton"])
-def core_path(request, monkeypatch):
-    """Core's PyTorch reference, or its Triton kernels (interpreted: see conftest)."""
-    monkeypatch.setenv("ANYATTN_IMPL", request.param)
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def vllm_config(tiny_model):
-    return VllmConfig(model_config=ModelConfig(model=tiny_model, skip_tokenizer_init=True,
-                                               dtype="float32", max_model_len=512))
-
-
-def make_builder(vllm_config, spec=None):
-    spec = spec or FullAttentionSpec(block_size=PAGE, num_kv_heads=HK, head_size=D,
-                                     dtype=torch.float32)
-    return AnyAttnMetadataBuilder(spec, ["layer.0"], vllm_config, torch.device("cpu"))
-
-
-def make_impl(vllm_config, **kwargs):
-    args = dict(alibi_slopes=None, sliding_window=None, kv_cache_dtype="auto")
-    args.update(kwargs)
-    with set_current_vllm_config(vllm_config):
-        return AnyAttnImpl(HQ, D, SCALE, HK, **args)
-
-
-def layer(k_scale=1.0, v_scale=1.0):
-    """The attributes of vLLM's Attention layer that the impl (and vLLM's wrappers) read."""
-    return SimpleNamespace(_k_scale=torch.tensor(k_scale), _v_scale=torch.tensor(v_scale),
-                           kv_sharing_target_layer_name=None)
-
-
-def kv_cache(layout: str, dtype=torch.float32) -> torch.Tensor:
-    """vLLM's logical [num_blocks, Hk, block_size, 2D] over an NHD or HND physical layout."""
-    if layout == "NHD":
-        return torch.zeros(NUM_BLOCKS, PAGE, HK, 2 * D, dtype=dtype).transpose(1, 2)
-    return torch.zeros(NUM_BLOCKS, HK, PAGE, 2 * D, dtype=dtype)
-
-
-def oracle(q, k, v, *, causal=True, window=(-1, -1), softcap=0.0, sinks=None):
-    """Dense attention of q [Tq, HQ, D] over k/v [Tk, HK, D]; queries are the last Tq keys."""
-    out, _ = dense_attention(q, k, v, scale=SCALE, causal=causal, window=window,
-                             softcap=softcap, sinks=sinks)
-    return out.float()
-
-
-class Batch:
-    """Random sequences laid out the way vLLM hands a step to the backend.
-
-    ``q_lens``/``k_lens`` per request; the first ``k - q`` keys of each request were
-    written by earlier steps (stored straight into the cache here), the last ``q`` arrive
-    as this step's key/value. ``pad_reqs`` / ``pad_tokens`` add CUDA-graph-style padding.
-    """
-
-    def __init__(self, q_lens, k_lens, cache, *, pad_reqs=0, pad_tokens=0, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        self.q_lens, self.k_lens = list(q_lens), list(k_lens)
-        n_pages = [-(-k // PAGE) for k in k_lens]
-        pages = torch.randperm(NUM_BLOCKS, generator=g)[: sum(n_pages)].tolist()
-        width = 512 // PAGE
-        reqs = len(q_lens) + pad_reqs
-        self.block_table = torch.zeros(reqs, width, dtype=torch.int32)
-        self.keys, self.values, self.q = [], [], []
-        slots, new_k, new_v = [], [], []
-        kv = cache.transpose(1, 2)  # [blocks, page, Hk, 2D]
-        for b, (ql, kl) in enumerate(zip(q_lens, k_lens)):
-            own, pages = pages[: n_pages[b]], pages[n_pages[b]:]
-            self.block_table[b, : len(own)] = torch.tensor(own, dtype=torch.int32)
-            k = torch.randn(kl, HK, D, generator=g)
-            v = torch.randn(kl, HK, D, generator=g)
-            self.keys.append(k)
-            self.values.append(v)
-            self.q.append(torch.randn(ql, HQ, D, generator=g))
-            for pos in range(kl):
-                slot = own[pos // PAGE] * PAGE + pos % PAGE
-                if pos < kl - ql:
-                    kv[slot // PAGE, slot % PAGE, :, :D] = k[pos].to(cache.dtype)
-                    kv[slot // PAGE, slot % PAGE, :, D:] = v[pos].to(cache.dtype)
-                else:
-                    slots.append(slot)
-                    new_k.append(k[pos])
-                    new_v.append(v[pos])
-        total = sum(q_lens) + pad_tokens
-        self.query = torch.cat(self.q + [torch.randn(pad_tokens, HQ, D, generator=g)])
-        self.key = torch.stack(new_k + [torch.randn(HK, D, generator=g)] * pad_tokens)
-        self.value = torch.stack(new_v + [torch.randn(HK, D, generator=g)] * pad_tokens)
-        self.slot_mapping = torch.tensor(slots + [-1] * pad_tokens, dtype=torch.int64)
-        qsl = torch.zeros(reqs + 1, dtype=torch.int32)
-        qsl[1: len(q_lens) + 1] = torch.tensor(q_lens).cumsum(0)
-        qsl[len(q_lens) + 1:] = qsl[len(q_lens)]
-        seq_lens = torch.tensor(list(k_lens) + [0] * pad_reqs, dtype=torch.int32)
-        self.cm = CommonAttentionMetadata(
-            query_start_loc=qsl, query_start_loc_cpu=qsl.clone(), seq_lens=seq_lens,
-            num_reqs=reqs, num_actual_tokens=total, max_query_len=max(q_lens),
-            max_seq_len=max(k_lens), block_table_tensor=self.block_table,
-            slot_mapping=self.slot_mapping, causal=True,
-            seq_lens_cpu_upper_bound=seq_lens.clone())
-
-    def expected(self, **kw) -> torch.Tensor:
-        return torch.cat([oracle(q, k, v, **kw) for q, k, v in zip(self.q, self.keys, self.values)])
-
-
-def run_step(builder, impl, batch, cache, lay=None, **kw):
-    lay = lay or layer()
-    meta = builder.build(0, batch.cm)
-    impl.do_kv_cache_update(lay, batch.key, batch.value, cache, batch.slot_mapping)
-    out = torch.full((batch.query.shape[0], HQ, D), float("nan"))
-    res = impl.forward(lay, batch.query, batch.key, batch.value, cache, meta, out)
-    assert res is out
-    return meta, out
-
-
-CASES = {
-    "decode": dict(q_lens=[1, 1, 1], k_lens=[1, 40, 97]),
-    "prefill": dict(q_lens=[1, 33, 70], k_lens=[1, 33, 70]),
-    "mixed": dict(q_lens=[1, 5, 50, 1], k_lens=[60, 20, 90, 17]),
-    "padded": dict(q_lens=[1, 7, 1], k_lens=[30, 45, 9], pad_reqs=2, pad_tokens=5),
-}
+from steps import (CASES, D, HK, HQ, PAGE, SCALE, Batch, kv_cache, layer, make_builder,
+                   make_impl, oracle, run_step, span_batch, span_expected)
 
 
 @pytest.mark.parametrize("layout", ["NHD", "HND"])
@@ -173,7 +48,7 @@ def test_window_softcap_sinks(vllm_config, core_path):
     torch.testing.assert_close(out[: sum(batch.q_lens)], expected, atol=2e-4, rtol=2e-4)
 
 
-def _fp8_step(vllm_config, k_scale=0.03, v_scale=0.02):
+def _fp8_step(vllm_config, k_scale=0.03, v_scale=0.02, **impl_kw):
     cache = kv_cache("NHD", dtype=torch.uint8)  # vLLM allocates fp8 caches as bytes
     batch = Batch(cache=torch.zeros_like(cache, dtype=torch.float32), **CASES["mixed"])
     # Cached keys as an earlier step would have stored them: value / scale in e4m3.
@@ -183,7 +58,7 @@ def _fp8_step(vllm_config, k_scale=0.03, v_scale=0.02):
             page, off = batch.block_table[b, pos // PAGE], pos % PAGE
             fp8[page, :, off, :D] = (batch.keys[b][pos] / k_scale).to(torch.float8_e4m3fn)
             fp8[page, :, off, D:] = (batch.values[b][pos] / v_scale).to(torch.float8_e4m3fn)
-    impl = make_impl(vllm_config, kv_cache_dtype="fp8")
+    impl = make_impl(vllm_config, kv_cache_dtype="fp8", **impl_kw)
     _, out = run_step(make_builder(vllm_config), impl, batch, cache, layer(k_scale, v_scale))
     # What the cache holds for each request, dequantized: [k_len, Hk, D] keys and values.
     stored = fp8.float().transpose(1, 2)
@@ -318,6 +193,113 @@ def test_batch_invariant_mode(vllm_config, core_path, monkeypatch):
     assert torch.equal(out[:1], out_alone[:1])
 
 
+def test_mm_prefix_spans_through_common_metadata(vllm_config, core_path):
+    """``mm_req_doc_ranges`` as vLLM's model runner passes them (end inclusive, every image of
+    each request): the plan holds the spans that reach this step's queries, cut to its keys."""
+    cache = kv_cache("NHD")
+    batch = span_batch(cache)
+    meta, out = run_step(make_builder(vllm_config), make_impl(vllm_config), batch, cache)
+    assert meta.mm_prefix_range_tensor is meta.plan.spans
+    assert meta.plan.span_counts.tolist() == [1, 1, 0, 0]
+    assert meta.plan.spans[:2, 0].tolist() == [[5, 31], [40, 60]]
+    n = sum(batch.q_lens)
+    torch.testing.assert_close(out[:n], span_expected(batch), atol=2e-4, rtol=2e-4)
+    assert (out[:n] - batch.expected()).abs().max() > 1e-2, "the spans change nothing here"
+
+
+def test_layers_clear_or_clamp_the_spans(vllm_config, core_path):
+    """Gemma-4's two per-layer changes: its sliding layers set
+    ``mm_prefix_clamp_sliding_window`` (span keys stay inside the window's left edge), its
+    full-attention layers' metadata loses ``mm_prefix_range_tensor`` (causal)."""
+    builder, impl = make_builder(vllm_config), make_impl(vllm_config, sliding_window=8)
+    outs = []
+    for clamp in (False, True):
+        cache = kv_cache("NHD")
+        batch = span_batch(cache)
+        lay = layer()
+        lay.mm_prefix_clamp_sliding_window = clamp
+        _, out = run_step(builder, impl, batch, cache, lay)
+        n = sum(batch.q_lens)
+        torch.testing.assert_close(out[:n], span_expected(batch, window=(7, 0),
+                                                          image_in_window=clamp),
+                                   atol=2e-4, rtol=2e-4)
+        outs.append(out[:n])
+    assert (outs[0] - outs[1]).abs().max() > 1e-2
+    cache = kv_cache("NHD")
+    batch = span_batch(cache)
+    meta = builder.build(0, batch.cm)
+    meta.mm_prefix_range_tensor = None  # Gemma4ForConditionalGeneration on its full layers
+    impl.do_kv_cache_update(layer(), batch.key, batch.value, cache, batch.slot_mapping)
+    out = torch.full((batch.query.shape[0], HQ, D), float("nan"))
+    impl.forward(layer(), batch.query, batch.key, batch.value, cache, meta, out)
+    torch.testing.assert_close(out[:n], batch.expected(window=(7, 0)), atol=2e-4, rtol=2e-4)
+
+
+@pytest.mark.parametrize("ranges,match", [
+    ({0: [(5, 20), (15, 30)]}, r"span 1 \(15, 31\) overlaps"),
+    ({1: [(50, 59), (2, 8)]}, r"sequence 1 span 1 \(2, 9\) overlaps or precedes"),
+    ({0: [(-1, 3)]}, r"\(-1, 4\): expected 0 <= start < end"),
+    ({2: [(9, 7)]}, r"\(9, 8\): expected 0 <= start < end"),
+])
+def test_bad_mm_ranges_are_refused_before_any_cache_write(vllm_config, ranges, match):
+    cache = kv_cache("NHD")
+    batch = span_batch(cache)
+    batch.cm.mm_req_doc_ranges = ranges
+    before = cache.clone()
+    prefix = r"mm_req_doc_ranges \(as \[start, end \+ 1\)\): .*"
+    with pytest.raises(ValueError, match=prefix + match):
+        run_step(make_builder(vllm_config), make_impl(vllm_config), batch, cache)
+    assert torch.equal(cache, before)
+
+
+SLOPES = [2.0 ** -(h + 1) for h in range(HQ)]
+
+
+@pytest.mark.parametrize("case", ["decode", "mixed"])
+def test_alibi_slopes(vllm_config, core_path, case):
+    cache = kv_cache("HND")
+    batch = Batch(cache=cache, **CASES[case])
+    impl = make_impl(vllm_config, alibi_slopes=SLOPES, sliding_window=40)
+    _, out = run_step(make_builder(vllm_config), impl, batch, cache)
+    n = sum(batch.q_lens)
+    torch.testing.assert_close(out[:n], batch.expected(window=(39, 0), alibi=torch.tensor(SLOPES)),
+                               atol=2e-4, rtol=2e-4)
+    assert (out[:n] - batch.expected(window=(39, 0))).abs().max() > 1e-2
+
+
+def test_fp8_cache_with_alibi(vllm_config, core_path):
+    batch, out, keys, values, _ = _fp8_step(vllm_config, alibi_slopes=SLOPES)
+    expected = torch.cat([oracle(q, k, v, alibi=torch.tensor(SLOPES))
+                          for q, k, v in zip(batch.q, keys, values)])
+    torch.testing.assert_close(out[: sum(batch.q_lens)], expected, atol=2e-4, rtol=2e-4)
+
+
+def test_graph_buffers_carry_spans(vllm_config, core_path, monkeypatch):
+    """A prefix-LM model's full-graph plans hold span storage (one span per query of the
+    uniform width): a uniform step that is an image's last prefill chunk replays with its
+    span, the next one without."""
+    monkeypatch.setattr(ModelConfig, "is_mm_prefix_lm", property(lambda self: True))
+    cfg = graph_config(vllm_config, num_spec_tokens=2)
+    builder, impl = make_builder(cfg), make_impl(cfg)
+    assert builder.graph_buffers.max_spans == 3
+    ptrs = None
+    for ranges in ({0: [(36, 39)]}, None):
+        cache = kv_cache("NHD")
+        batch = Batch(q_lens=[3, 3], k_lens=[40, 25], cache=cache, pad_reqs=1)
+        batch.cm.mm_req_doc_ranges = ranges
+        if ptrs is None:
+            builder.build_for_cudagraph_capture(batch.cm)
+        meta, out = run_step(builder, impl, batch, cache)
+        now = (meta.plan.spans.data_ptr(), meta.plan.span_counts.data_ptr())
+        assert ptrs is None or now == ptrs
+        ptrs = now
+        assert meta.plan.span_counts.tolist() == ([1, 0, 0] if ranges else [0, 0, 0])
+        ids = [torch.tensor([-1] * 36 + [0] * 4), torch.full((25,), -1)]
+        want = torch.cat([oracle(q, k, v, image_ids=i if ranges else None)
+                          for q, k, v, i in zip(batch.q, batch.keys, batch.values, ids)])
+        torch.testing.assert_close(out[:6], want, atol=2e-4, rtol=2e-4)
+
+
 def test_profiling_run_touches_nothing(vllm_config):
     impl = make_impl(vllm_config)
     cache = kv_cache("NHD")
@@ -330,8 +312,8 @@ def test_profiling_run_touches_nothing(vllm_config):
 
 
 def test_bad_configuration_is_refused(vllm_config):
-    with pytest.raises(ValueError, match="ALiBi"):
-        make_impl(vllm_config, alibi_slopes=[0.1] * HQ)
+    with pytest.raises(ValueError, match=rf"alibi_slopes: expected .*\({HQ},\) \[num_heads\]"):
+        make_impl(vllm_config, alibi_slopes=[0.1] * (HQ - 1))
     with pytest.raises(ValueError, match="sinks"):
         make_impl(vllm_config, sinks=torch.zeros(HQ + 1))
     with pytest.raises(ValueError, match="attention type"):
@@ -352,6 +334,8 @@ def _selector(**overrides):
 def test_validate_configuration_reasons():
     ok = AnyAttnBackend.validate_configuration(device_capability=None, **_selector()._asdict())
     assert ok == []
+    assert AnyAttnBackend.validate_configuration(
+        device_capability=None, **_selector(use_mm_prefix=True)._asdict()) == []
     for kv_dtype in ("fp8", "fp8_e5m2", "bfloat16"):
         assert AnyAttnBackend.validate_configuration(
             device_capability=None, **_selector(kv_cache_dtype=kv_dtype)._asdict()) == []

@@ -1,0 +1,79 @@
+"""Bidirectional spans and ALiBi: their cost over unmasked prefill on the same path (device).
+
+Prefill 4x4K and 1x16K, GQA 32/8, d 128, bf16, page 16 in random order. Per request one
+image-sized span of 1,024 tokens in the middle of the prompt (``plan.spans``; vLLM's
+``mm_prefix_range``), or ALiBi with the ALiBi paper's slopes for 32 heads. Spans and ALiBi
+run anyattn's Triton kernel on every provider, so the unmasked baseline is that kernel too
+(``ANYATTN_KERNELS=triton``). vLLM's Triton unified attention (TRITON_ATTN's kernel) runs the
+same three calls on the same tensors when vLLM is importable (``bench/peers.py``).
+Target (issue 15): spans and ALiBi cost <= 10% over unmasked on the same path.
+``tflops`` counts the causal FLOPs of every call (a span adds span^2 / 2 visible pairs per
+request, 3% at 4K, about 0.2% at 16K); ``overhead_pct`` is against the same impl unmasked.
+"""
+from __future__ import annotations
+
+import torch
+
+from anyattn.core.params import AttnParams
+from anyattn.core.spans import span_table
+
+from common import anyattn_call, emit_timed, markdown, paged_cache
+from peers import VLLM_UNIFIED, vllm_unified_call, vllm_unified_or_skip
+
+HQ, HK, D, PAGE, SPAN = 32, 8, 128, 16, 1024
+SHAPES = ((4, 4096), (1, 16384))  # (batch, prompt length)
+DEVICE = "cuda"
+ANYATTN = "anyattn triton (paged)"
+
+
+def alibi_slopes() -> torch.Tensor:
+    return 2.0 ** (-8.0 * torch.arange(1, HQ + 1, device=DEVICE) / HQ)
+
+
+def variants(seq: int, batch: int) -> dict[str, tuple[dict, dict, dict]]:
+    """name -> (anyattn plan kwargs, anyattn call kwargs, vLLM kernel kwargs)."""
+    start = seq // 2 - SPAN // 2
+    spans = span_table([[(start, start + SPAN)]] * batch, DEVICE)
+    # vLLM's layout: [B, max_ranges, 2] int32, end inclusive (compute_mm_prefix_range_tensor).
+    mm_range = torch.tensor([[[start, start + SPAN - 1]]] * batch, dtype=torch.int32,
+                            device=DEVICE)
+    slopes = alibi_slopes()
+    return {"none": ({}, {}, {}),
+            f"span {SPAN}": (dict(spans=spans), {}, dict(mm_prefix_range=mm_range)),
+            "alibi": ({}, dict(alibi_slopes=slopes), dict(alibi_slopes=slopes))}
+
+
+def main() -> None:
+    rows: list[dict] = []
+    vllm_kernel = vllm_unified_or_skip("spans_alibi")
+    params = AttnParams(softmax_scale=D ** -0.5)
+    for batch, seq in SHAPES:
+        lens = [seq] * batch
+        flops = 4 * batch * seq * seq * HQ * D / 2
+        k_cache, v_cache, table = paged_cache(lens, HK, D, PAGE)
+        q = torch.randn(batch * seq, HQ, D, device=DEVICE, dtype=torch.bfloat16)
+        out = torch.empty_like(q)
+        base: dict[str, float] = {}  # impl -> its unmasked ms
+        for name, (plan_kw, call_kw, vllm_kw) in variants(seq, batch).items():
+            run, provider, _ = anyattn_call("triton", q, k_cache, v_cache, lens, lens, table,
+                                            params, out, call_kw=call_kw, **plan_kw)
+            timed = [(ANYATTN, lambda: run, dict(provider=provider))]
+            if vllm_kernel is not None:
+                timed.append((VLLM_UNIFIED, lambda: vllm_unified_call(
+                    vllm_kernel, q, k_cache, v_cache, table, lens, lens, D ** -0.5, out,
+                    **vllm_kw), {}))
+            for impl, make, extra in timed:
+                emit_timed(rows, make, "tflops", flops, baseline_ms=base.get(impl),
+                           bench="spans_alibi", shape=f"prefill {batch}x{seq}",
+                           impl=f"{impl} / {name}", variant=name, **extra)
+                if name == "none" and "ms" in rows[-1]:
+                    base[impl] = rows[-1]["ms"]
+        del k_cache, v_cache, q, out
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()
+    markdown(rows, "tflops", "TFLOP/s")
+    markdown(rows, "overhead_pct", "% over the same impl unmasked")
+
+
+if __name__ == "__main__":
+    main()
