@@ -68,8 +68,22 @@ def _row_spans(Spans, count, q_pos, stride_ss):
 
 
 @triton.jit
+def _alibi_term(alibi, q_pos, start_n, BLOCK_N: tl.constexpr, ANY_SIDE: tl.constexpr):
+    """``alibi * |q_pos - k|`` for the keys ``[start_n, start_n + BLOCK_N)`` (raw units).
+
+    Without ``ANY_SIDE`` every key lies at or before every row's position (the causal bulk),
+    so the distance splits into a per-row and a per-key part: one multiply-add per score.
+    """
+    if ANY_SIDE:
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        return alibi[:, None] * tl.abs(q_pos[:, None] - offs_n[None, :]).to(tl.float32)
+    row = alibi * (q_pos - start_n).to(tl.float32)
+    return row[:, None] - alibi[:, None] * tl.arange(0, BLOCK_N).to(tl.float32)[None, :]
+
+
+@triton.jit
 def _attn_tiles(
-    m_i, l_i, acc, q, K, V, PageTable, b, kvh, k_start, start, stop,
+    m_i, l_i, acc, q, K, V, PageTable, b, kvh, k_start, start, stop, gap_at, gap_len,
     row_ok, tok, head, q_start, q_pos, scale, softcap, window_left, window_right,
     chunk_size, stride_kp, stride_ks, stride_kh, stride_kd, stride_vp, stride_vs, stride_vh,
     stride_vd, stride_pt, Mask, MaskStart, stride_mr, stride_mh, stride_mc, mask_cols,
@@ -83,26 +97,33 @@ def _attn_tiles(
     BIAS_HEADS: tl.constexpr, SKIP_MASKED_TILES: tl.constexpr, KEY_SHARED: tl.constexpr,
     HAS_SPANS: tl.constexpr, SPANS_IN_WINDOW: tl.constexpr, HAS_ALIBI: tl.constexpr,
 ):
-    """The shared tile loop: keys ``[start, stop)`` in ``BLOCK_N`` tiles, online softmax.
+    """The shared tile loop: keys ``[start, stop)`` in ``BLOCK_N`` tiles, online softmax;
+    with spans, less the ``gap_len`` keys from ``gap_at`` (the other part's tiles).
 
     ``MASKED=False`` is the bulk of a causal or full row block, where every key exists and
     its position is visible to every valid row: no predicate, no bounds on the K/V loads.
     Masks and bias join the scaled scores as an additive log2-domain term (-inf hides a key):
     a key-side term that all rows share (``KEY_SHARED``, see ``key_term``) as a ``[BLOCK_N]``
     vector fetched with the K/V tiles, layouts that vary per row (``MASK_LAYOUT``,
-    ``BIAS_LAYOUT``) as ``[BLOCK_M, BLOCK_N]`` tiles. ALiBi (``alibi``: ``-slope * log2(e)`` per
-    row) adds ``alibi * |q_pos - k|`` to the scaled scores. A row inside a bidirectional span
+    ``BIAS_LAYOUT``) as ``[BLOCK_M, BLOCK_N]`` tiles. ALiBi (``alibi``: ``-slope / scale`` per row,
+    in raw score units) adds ``alibi * |q_pos - k|`` to the raw scores, through the MMA's
+    accumulator unless soft-cap comes first. A row inside a bidirectional span
     (``[span_lo, span_hi)``, see ``core.spans``) also sees the span's keys: an OR with the
     position predicate, so the bulk (visible by position) stays visible.
     """
     MASK_ROWS: tl.constexpr = MASK_LAYOUT != 0
     BIAS_ROWS: tl.constexpr = BIAS_LAYOUT != 0
-    HAS_ADD: tl.constexpr = MASK_ROWS or BIAS_ROWS or KEY_SHARED or HAS_ALIBI
+    HAS_ADD: tl.constexpr = MASK_ROWS or BIAS_ROWS or KEY_SHARED
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     d_ok = offs_d < HEAD_DIM
     dv_ok = offs_dv < HEAD_DIM_V
-    for start_n in range(start, stop, BLOCK_N):
+    for tile in range(start, stop - gap_len if HAS_SPANS else stop, BLOCK_N):
+        if HAS_SPANS:
+            # (a whole number of tiles, written so that the compiler sees it)
+            start_n = tile + (tile >= gap_at).to(tl.int32) * (gap_len // BLOCK_N * BLOCK_N)
+        else:
+            start_n = tile
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_ok = offs_n < stop
         in_range = row_ok[:, None] & n_ok[None, :]
@@ -139,12 +160,20 @@ def _attn_tiles(
             # The bulk loads need no bounds (keys exist) unless the head dim is padded.
             bounded: tl.constexpr = MASKED or BLOCK_D != HEAD_DIM or BLOCK_DV != HEAD_DIM_V
             if PAGED:
+                if BLOCK_N % PAGE_SIZE == 0:
+                    # Tiles start on a multiple of BLOCK_N, so a key's slot in its page depends
+                    # on its place in the tile only (loop-invariant, whatever the tile start).
+                    page_idx = start_n // PAGE_SIZE + tl.arange(0, BLOCK_N) // PAGE_SIZE
+                    slot = tl.arange(0, BLOCK_N) % PAGE_SIZE
+                else:  # pages span tiles; unsigned: positions are never negative
+                    page_idx = (offs_n.to(tl.uint32) // PAGE_SIZE).to(tl.int32)
+                    slot = (offs_n.to(tl.uint32) % PAGE_SIZE).to(tl.int32)
                 if MASKED:
-                    page = tl.load(PageTable + b * stride_pt + offs_n // PAGE_SIZE, mask=n_ok, other=0)
+                    page = tl.load(PageTable + b * stride_pt + page_idx, mask=n_ok, other=0)
                 else:
-                    page = tl.load(PageTable + b * stride_pt + offs_n // PAGE_SIZE)
-                k_row = page.to(tl.int64) * stride_kp + (offs_n % PAGE_SIZE) * stride_ks
-                v_row = page.to(tl.int64) * stride_vp + (offs_n % PAGE_SIZE) * stride_vs
+                    page = tl.load(PageTable + b * stride_pt + page_idx)
+                k_row = page.to(tl.int64) * stride_kp + slot * stride_ks
+                v_row = page.to(tl.int64) * stride_vp + slot * stride_vs
             else:
                 k_row = (k_start + offs_n).to(tl.int64) * stride_ks
                 v_row = (k_start + offs_n).to(tl.int64) * stride_vs
@@ -161,12 +190,20 @@ def _attn_tiles(
                 v = v.to(tl.float32)
             else:
                 v = v.to(q.dtype)
-            s = tl.dot(q, tl.trans(k))
-            # Scores stay in raw units through soft-cap; the softmax scale (log2 domain) is
-            # applied inside the max and the exponent (one fused multiply-add per score)
-            # unless a mask/bias term is added first.
+            # Scores stay in raw units through soft-cap and ALiBi; the softmax scale (log2
+            # domain) is applied inside the max and the exponent (one fused multiply-add per
+            # score) unless a mask/bias term is added first.
+            if HAS_ALIBI:
+                alibi_term = _alibi_term(alibi, q_pos, start_n, BLOCK_N,
+                                         MASKED or not IS_CAUSAL or HAS_SPANS)
+            if HAS_ALIBI and not HAS_SOFTCAP:
+                s = tl.dot(q, tl.trans(k), alibi_term)  # the MMA adds the term for free
+            else:
+                s = tl.dot(q, tl.trans(k))
             if HAS_SOFTCAP:
                 s = (softcap / scale) * _tanh(s * (scale / softcap))
+                if HAS_ALIBI:
+                    s = s + alibi_term
             if HAS_ADD:
                 s = s * (scale * 1.4426950408889634)
                 if KEY_SHARED:  # slots past the sequence's end are garbage: `visible` hides them
@@ -174,8 +211,6 @@ def _attn_tiles(
                                     + tl.arange(0, BLOCK_N))[None, :]
                 if MASK_ROWS or BIAS_ROWS:
                     s = s + add
-                if HAS_ALIBI:
-                    s = s + alibi[:, None] * tl.abs(q_pos[:, None] - offs_n[None, :]).to(tl.float32)
                 s_mul = 1.0
             else:
                 s_mul = scale * 1.4426950408889634
@@ -280,17 +315,18 @@ def _attn_fwd(
         first = span_lo
         if SPANS_IN_WINDOW:
             first = tl.where(window_left >= 0, tl.maximum(span_lo, q_pos - window_left), span_lo)
-        lo = tl.minimum(lo, tl.min(tl.where(in_span, first, k_len), 0))
+        if HAS_WINDOW or HAS_CHUNK:  # otherwise lo is 0 already
+            lo = tl.minimum(lo, tl.min(tl.where(in_span, first, k_len), 0))
         hi = tl.maximum(hi, tl.minimum(tl.max(tl.where(in_span, span_hi, 0), 0), k_len))
     else:
         span_lo = tl.zeros_like(q_pos)
         span_hi = span_lo
     if HAS_ALIBI:
-        alibi = tl.load(AlibiSlopes + head, mask=row_ok, other=0.0).to(tl.float32)
-        alibi = alibi * -1.4426950408889634  # -slope, in the log2 domain of the scores
+        # -slope in raw score units: the kernel scales raw scores by ``scale`` later.
+        alibi = -tl.load(AlibiSlopes + head, mask=row_ok, other=0.0).to(tl.float32) / scale
     else:
         alibi = tl.zeros([BLOCK_M], tl.float32)
-    lo = (lo // BLOCK_N) * BLOCK_N
+    lo = tl.multiple_of((lo // BLOCK_N) * BLOCK_N, BLOCK_N)
     if NUM_SPLITS > 1:
         per_split = tl.cdiv(tl.cdiv(tl.maximum(hi - lo, 0), NUM_SPLITS), BLOCK_N) * BLOCK_N
         lo = lo + pid_s * per_split
@@ -310,10 +346,24 @@ def _attn_fwd(
         else:
             bulk_hi = (hi // BLOCK_N) * BLOCK_N
         bulk_hi = tl.maximum(lo, tl.minimum(bulk_hi, hi))
+    # A program whose rows all lie in one span sees that span's keys past its diagonal whole:
+    # those tiles ([span_bulk_lo, span_bulk_hi)) join the bulk, and the masked edge skips them.
+    span_bulk_lo = bulk_hi
+    span_bulk_hi = bulk_hi
+    if HAS_SPANS and IS_CAUSAL:
+        span_first = tl.min(tl.where(row_ok, span_lo, k_len), 0)
+        span_last = tl.max(tl.where(row_ok, span_lo, -1), 0)
+        one_span = (tl.min(tl.where(row_ok, in_span.to(tl.int32), 1), 0) == 1) & (span_first == span_last)
+        span_end = tl.minimum(tl.max(tl.where(row_ok, span_hi, 0), 0), k_len)
+        span_bulk_lo = tl.minimum(tl.maximum(tl.cdiv(pos_hi + 1, BLOCK_N) * BLOCK_N, bulk_hi), hi)
+        span_bulk_hi = tl.minimum(tl.maximum((span_end // BLOCK_N) * BLOCK_N, span_bulk_lo), hi)
+        span_bulk_hi = tl.where(one_span, span_bulk_hi, span_bulk_lo)
     for part in tl.static_range(2):  # the unmasked bulk, then the masked edge
         m_i, l_i, acc = _attn_tiles(
             m_i, l_i, acc, q, K, V, PageTable, b, kvh, k_start,
-            lo if part == 0 else bulk_hi, bulk_hi if part == 0 else hi,
+            lo if part == 0 else bulk_hi, span_bulk_hi if part == 0 else hi,
+            bulk_hi if part == 0 else span_bulk_lo,
+            span_bulk_lo - bulk_hi if part == 0 else span_bulk_hi - span_bulk_lo,
             row_ok, tok, head, q_start, q_pos, scale, softcap, window_left, window_right,
             chunk_size, stride_kp, stride_ks, stride_kh, stride_kd, stride_vp, stride_vs,
             stride_vh, stride_vd, stride_pt, Mask, MaskStart, stride_mr, stride_mh, stride_mc,

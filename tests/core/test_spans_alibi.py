@@ -50,7 +50,7 @@ def check(batch, plan, params, q_lens, k_lens, spans, *, slopes=None, sinks=None
         want, _ = dense_attention(
             batch.q[q0:q0 + q_len].cpu(), k, v, scale=params.softmax_scale,
             causal=params.causal, window=(params.window_left, params.window_right),
-            softcap=params.softcap, image_ids=image_ids(spans[b], k_len),
+            chunk=params.chunk_size, softcap=params.softcap, image_ids=image_ids(spans[b], k_len),
             image_in_window=params.spans_in_window,
             alibi=None if slopes is None else slopes.cpu(),
             sinks=None if sinks is None else sinks.cpu())
@@ -69,6 +69,8 @@ SPAN_CASES = {
     "extend-inside-span": ([20, 33, 1], [70, 33, 60], [[(40, 62)], [(0, 33)], [(10, 50)]], 16),
     "page-1": ([30, 14], [41, 14], [[(14, 35)], [(3, 11)]], 1),
     "across-pages-32": ([48], [80], [[(31, 66), (70, 79)]], 32),
+    # Spans much longer than a key tile: whole tiles past a program's diagonal.
+    "long-spans": ([200, 70], [200, 250], [[(5, 150)], [(120, 240)]], 16),
 }
 
 
@@ -126,7 +128,7 @@ def test_spans_with_sliding_window(in_window):
                                         other).float()).abs().max() > 0.05
 
 
-@pytest.mark.parametrize("feature", ["split", "gqa8", "mqa", "softcap-sinks", "fp16"])
+@pytest.mark.parametrize("feature", ["split", "gqa8", "mqa", "softcap-sinks", "fp16", "chunk"])
 def test_spans_with_other_features(feature):
     rng = random.Random(feature)
     hq, hk = {"gqa8": (16, 2), "mqa": (8, 1)}.get(feature, (HQ, HK))
@@ -138,7 +140,9 @@ def test_spans_with_other_features(feature):
     batch = paged_batch(q_lens, k_lens, hq=hq, hk=hk, d=D, dtype=dtype, device=DEVICE,
                         seed=len(feature), num_splits=3 if feature == "split" else 1)
     plan = with_spans(batch.plan, spans, k_lens)
-    params = AttnParams(softmax_scale=D ** -0.5, softcap=5.0 if feature == "softcap-sinks" else 0.0)
+    # chunk: chunked-local attention (16-key chunks) with spans that cross chunk edges.
+    params = AttnParams(softmax_scale=D ** -0.5, softcap=5.0 if feature == "softcap-sinks" else 0.0,
+                        chunk_size=16 if feature == "chunk" else 0)
     sinks = torch.randn(hq, device=DEVICE) if feature == "softcap-sinks" else None
     check(batch, plan, params, q_lens, k_lens, spans, sinks=sinks,
           tol=2e-2 if dtype == torch.float16 else TOL)
@@ -217,8 +221,8 @@ def test_alibi_with_fp8_kv_and_descales(kv):
     q0 = 0
     for b, (q_len, k_len) in enumerate(zip(q_lens, k_lens)):
         deq = dataclasses.replace(batch,
-                                  k_cache=k8.float() * k_descale[b].cpu()[None, None, :, None],
-                                  v_cache=v8.float() * v_descale[b].cpu()[None, None, :, None])
+                                  k_cache=k8.float() * k_descale[b][None, None, :, None],
+                                  v_cache=v8.float() * v_descale[b][None, None, :, None])
         k, v = sequence_kv(deq, b, k_len)
         want, _ = dense_attention(batch.q[q0:q0 + q_len].cpu(), k, v, scale=params.softmax_scale,
                                   alibi=alibi_slopes(HQ).cpu())
