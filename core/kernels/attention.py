@@ -84,7 +84,7 @@ def _alibi_term(alibi, q_pos, start_n, BLOCK_N: tl.constexpr, ANY_SIDE: tl.const
 @triton.jit
 def _attn_tiles(
     m_i, l_i, acc, q, K, V, PageTable, b, kvh, k_start, start, stop, gap_at, gap_len,
-    row_ok, tok, head, q_start, q_pos, scale, softcap, window_left, window_right,
+    gap2_at, gap2_len, row_ok, tok, head, q_start, q_pos, scale, softcap, window_left, window_right,
     chunk_size, stride_kp, stride_ks, stride_kh, stride_kd, stride_vp, stride_vs, stride_vh,
     stride_vd, stride_pt, Mask, MaskStart, stride_mr, stride_mh, stride_mc, mask_cols,
     Bias, BiasStart, stride_br, stride_bh, stride_bc, bias_cols, KeyTerm, key_row0,
@@ -96,9 +96,11 @@ def _attn_tiles(
     MASK_LAYOUT: tl.constexpr, MASK_HEADS: tl.constexpr, BIAS_LAYOUT: tl.constexpr,
     BIAS_HEADS: tl.constexpr, SKIP_MASKED_TILES: tl.constexpr, KEY_SHARED: tl.constexpr,
     HAS_SPANS: tl.constexpr, SPANS_IN_WINDOW: tl.constexpr, HAS_ALIBI: tl.constexpr,
+    GAP: tl.constexpr, GAP2: tl.constexpr,
 ):
-    """The shared tile loop: keys ``[start, stop)`` in ``BLOCK_N`` tiles, online softmax;
-    with spans, less the ``gap_len`` keys from ``gap_at`` (the other part's tiles).
+    """The shared tile loop: keys ``[start, stop)`` in ``BLOCK_N`` tiles, online softmax,
+    less the ``gap_len`` keys from ``gap_at`` (with ``GAP``) and the ``gap2_len`` keys from
+    ``gap2_at`` (with ``GAP2``): the other part's tiles, whole tiles in ascending order.
 
     ``MASKED=False`` is the bulk of a causal or full row block, where every key exists and
     its position is visible to every valid row: no predicate, no bounds on the K/V loads.
@@ -118,12 +120,18 @@ def _attn_tiles(
     offs_dv = tl.arange(0, BLOCK_DV)
     d_ok = offs_d < HEAD_DIM
     dv_ok = offs_dv < HEAD_DIM_V
-    for tile in range(start, stop - gap_len if HAS_SPANS else stop, BLOCK_N):
-        if HAS_SPANS:
-            # (a whole number of tiles, written so that the compiler sees it)
-            start_n = tile + (tile >= gap_at).to(tl.int32) * (gap_len // BLOCK_N * BLOCK_N)
-        else:
-            start_n = tile
+    end = stop
+    if GAP:
+        end -= gap_len
+    if GAP2:
+        end -= gap2_len
+    for tile in range(start, end, BLOCK_N):
+        # Gaps are whole tiles (the `// BLOCK_N * BLOCK_N` lets the compiler see it).
+        start_n = tile
+        if GAP:
+            start_n += (start_n >= gap_at).to(tl.int32) * (gap_len // BLOCK_N * BLOCK_N)
+        if GAP2:
+            start_n += (start_n >= gap2_at).to(tl.int32) * (gap2_len // BLOCK_N * BLOCK_N)
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_ok = offs_n < stop
         in_range = row_ok[:, None] & n_ok[None, :]
@@ -336,16 +344,22 @@ def _attn_fwd(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
 
-    # Tiles every valid row may see whole by position (below the diagonal) skip the position
-    # predicates and load bounds; the diagonal, windows, chunks and the ragged end are masked.
-    # Masks and bias apply in both parts (they are an additive term).
+    # Tiles every valid row may see whole by position ([bulk_lo, bulk_hi): after the last
+    # row's window edge, before the first row's diagonal) skip the position predicates and
+    # load bounds; window edges, the diagonal, chunks and the ragged end are masked. Masks
+    # and bias apply in both parts (they are an additive term).
+    bulk_lo = lo
     bulk_hi = lo
-    if not (HAS_WINDOW or HAS_CHUNK):
+    if not HAS_CHUNK:
+        bulk_hi = hi
         if IS_CAUSAL:
-            bulk_hi = ((pos_lo + 1) // BLOCK_N) * BLOCK_N
-        else:
-            bulk_hi = (hi // BLOCK_N) * BLOCK_N
-        bulk_hi = tl.maximum(lo, tl.minimum(bulk_hi, hi))
+            bulk_hi = pos_lo + 1
+        if HAS_WINDOW:
+            edge = tl.cdiv(tl.maximum(pos_hi - window_left, 0), BLOCK_N) * BLOCK_N
+            bulk_lo = tl.minimum(tl.where(window_left >= 0, tl.maximum(edge, lo), lo), hi)
+            if not IS_CAUSAL:
+                bulk_hi = tl.where(window_right >= 0, pos_lo + window_right + 1, bulk_hi)
+        bulk_hi = tl.maximum(bulk_lo, (tl.minimum(bulk_hi, hi) // BLOCK_N) * BLOCK_N)
     # A program whose rows all lie in one span sees that span's keys past its diagonal whole:
     # those tiles ([span_bulk_lo, span_bulk_hi)) join the bulk, and the masked edge skips them.
     span_bulk_lo = bulk_hi
@@ -358,12 +372,16 @@ def _attn_fwd(
         span_bulk_lo = tl.minimum(tl.maximum(tl.cdiv(pos_hi + 1, BLOCK_N) * BLOCK_N, bulk_hi), hi)
         span_bulk_hi = tl.minimum(tl.maximum((span_end // BLOCK_N) * BLOCK_N, span_bulk_lo), hi)
         span_bulk_hi = tl.where(one_span, span_bulk_hi, span_bulk_lo)
-    for part in tl.static_range(2):  # the unmasked bulk, then the masked edge
+    # The masked part visits [lo, hi) less the bulk's tiles; without a window it starts at
+    # the bulk's end (the bulk starts at lo).
+    masked_lo = lo if HAS_WINDOW else bulk_hi
+    for part in tl.static_range(2):  # the unmasked bulk, then the masked edges
         m_i, l_i, acc = _attn_tiles(
             m_i, l_i, acc, q, K, V, PageTable, b, kvh, k_start,
-            lo if part == 0 else bulk_hi, span_bulk_hi if part == 0 else hi,
-            bulk_hi if part == 0 else span_bulk_lo,
-            span_bulk_lo - bulk_hi if part == 0 else span_bulk_hi - span_bulk_lo,
+            bulk_lo if part == 0 else masked_lo, span_bulk_hi if part == 0 else hi,
+            bulk_hi if part == 0 else bulk_lo,
+            span_bulk_lo - bulk_hi if part == 0 else bulk_hi - bulk_lo,
+            span_bulk_lo, span_bulk_hi - span_bulk_lo,
             row_ok, tok, head, q_start, q_pos, scale, softcap, window_left, window_right,
             chunk_size, stride_kp, stride_ks, stride_kh, stride_kd, stride_vp, stride_vs,
             stride_vh, stride_vd, stride_pt, Mask, MaskStart, stride_mr, stride_mh, stride_mc,
@@ -372,7 +390,8 @@ def _attn_fwd(
             BLOCK_D, BLOCK_DV, BLOCK_N, PAGE_SIZE, PAGED, part == 1, IS_CAUSAL, HAS_WINDOW,
             HAS_CHUNK, HAS_SOFTCAP, UPCAST,
             MASK_LAYOUT, MASK_HEADS, BIAS_LAYOUT, BIAS_HEADS, SKIP_MASKED_TILES, KEY_SHARED,
-            HAS_SPANS, SPANS_IN_WINDOW, HAS_ALIBI)
+            HAS_SPANS, SPANS_IN_WINDOW, HAS_ALIBI,
+            HAS_SPANS if part == 0 else HAS_WINDOW, HAS_SPANS and part == 1)
 
     if HAS_SINKS:
         # The sink is one more logit with no value; it joins only split 0's denominator.

@@ -86,6 +86,14 @@ NAMED = {
     "dv_ne_d": _case(q_lens=[9, 3], k_lens=[40, 3], d=128, dv=64, page_size=64),
     "sliding_window_split": _case(q_lens=[1, 40], k_lens=[900, 600], num_splits=3,
                                   params=AttnParams(softmax_scale=0.125, window_left=100)),
+    # Windows several key tiles wide: whole tiles between a program's window edge and its
+    # diagonal run unmasked, the edges masked (causal; non-causal with a right window).
+    "sliding_window_prefill": _case(q_lens=[300, 130], k_lens=[300, 210],
+                                    params=AttnParams(softmax_scale=0.125, window_left=75)),
+    "sliding_window_prefill_split": _case(q_lens=[200], k_lens=[330], num_splits=2,
+                                          params=AttnParams(softmax_scale=0.125, window_left=90)),
+    "non_causal_wide_window": _case(q_lens=[180], k_lens=[180], params=AttnParams(
+        softmax_scale=0.125, causal=False, window_left=70, window_right=45)),
     "chunked_local": _case(q_lens=[100], k_lens=[260],
                            params=AttnParams(softmax_scale=0.125, chunk_size=64)),
     "softcap_sinks_split": _case(q_lens=[3], k_lens=[700], num_splits=3, sinks=True,
