@@ -56,7 +56,7 @@ def vllm_unified_call(kernel: Callable, q: torch.Tensor, k_cache: torch.Tensor,
     """A no-argument causal call of vLLM's kernel writing ``out`` (inputs prepared once).
 
     ``q``/``out`` are ``[total_q, Hq, D]``; ``table`` is ``[B, max_pages]`` int32; ``extra``
-    are more of its keyword arguments (``mm_prefix_range``, ``alibi_slopes``).
+    are more of its keyword arguments (``mm_prefix_range``, ``alibi_slopes``, ``window_size``).
     """
     dev, (hq, d), hk = q.device, q.shape[1:], k_cache.shape[2]
     cu_q = torch.zeros(len(q_lens) + 1, dtype=torch.int32, device=dev)
@@ -69,10 +69,12 @@ def vllm_unified_call(kernel: Callable, q: torch.Tensor, k_cache: torch.Tensor,
     segm_max = torch.empty(segm, dtype=torch.float32, device=dev)
     segm_sum = torch.empty(segm, dtype=torch.float32, device=dev)
 
+    extra.setdefault("window_size", (-1, -1))
+
     def run() -> None:
         kernel(q, k_cache, v_cache, out, cu_seqlens_q=cu_q, max_seqlen_q=max(q_lens),
                seqused_k=seqused_k, max_seqlen_k=max(k_lens), softmax_scale=scale,
-               causal=True, window_size=(-1, -1), block_table=table, softcap=0.0,
+               causal=True, block_table=table, softcap=0.0,
                q_descale=None, k_descale=None, v_descale=None, seq_threshold_3D=threshold,
                num_par_softmax_segments=NUM_PAR_SOFTMAX_SEGMENTS, softmax_segm_output=segm_out,
                softmax_segm_max=segm_max, softmax_segm_expsum=segm_sum, **extra)
@@ -102,8 +104,9 @@ def fa3_or_skip(bench: str):
 
 def fa3_call(fa, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
              table: torch.Tensor, q_lens: list[int], k_lens: list[int], scale: float,
-             out: torch.Tensor) -> Callable[[], None]:
-    """A no-argument causal FA3 call writing ``out``, as vLLM's FLASH_ATTN issues it."""
+             out: torch.Tensor, window_left: int = -1) -> Callable[[], None]:
+    """A no-argument causal FA3 call writing ``out``, as vLLM's FLASH_ATTN issues it
+    (``window_left``: a sliding window's left edge, as ``window_size=(left, 0)``)."""
     dev, (hq, d), hk = q.device, q.shape[1:], k_cache.shape[2]
     cu_q = torch.zeros(len(q_lens) + 1, dtype=torch.int32, device=dev)
     cu_q[1:] = torch.tensor(q_lens, device=dev).cumsum(0)
@@ -111,11 +114,13 @@ def fa3_call(fa, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     meta = fa.get_scheduler_metadata(
         batch_size=len(q_lens), max_seqlen_q=max(q_lens), max_seqlen_k=max(k_lens),
         num_heads_q=hq, num_heads_kv=hk, headdim=d, cache_seqlens=seqused_k,
-        qkv_dtype=q.dtype, cu_seqlens_q=cu_q, page_size=k_cache.shape[1], causal=True)
+        qkv_dtype=q.dtype, cu_seqlens_q=cu_q, page_size=k_cache.shape[1], causal=True,
+        window_size=(window_left, 0))
 
     def run() -> None:
         fa.flash_attn_varlen_func(q, k_cache, v_cache, max_seqlen_q=max(q_lens),
                                   cu_seqlens_q=cu_q, max_seqlen_k=max(k_lens),
                                   seqused_k=seqused_k, block_table=table, softmax_scale=scale,
-                                  causal=True, out=out, scheduler_metadata=meta, fa_version=3)
+                                  causal=True, window_size=(window_left, 0), out=out,
+                                  scheduler_metadata=meta, fa_version=3)
     return run

@@ -23,6 +23,7 @@ run prefill.py "$@"
 run varlen.py
 run masks.py
 run spans_alibi.py
+run window.py
 run overhead.py
 if [ -n "${ANYATTN_BENCH_LONG:-}" ]; then run long_context.py; fi
 python3 chart.py "$JSONL" --out "$OUTDIR"
