@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 
 from . import checks, masks, providers, reference
+from . import spans as core_spans
 from .builders import build_plan
 from .cascade import cascade_attention
 from .plan import AttnPlan
@@ -84,7 +85,7 @@ def _run_kernels(q, k_cache, v_cache, plan: AttnPlan, params: AttnParams, *, sin
     if sched.provider == providers.FA3 and fa3.uncovered_call(providers.features(
             params, q=q, k_cache=k_cache, v_cache=v_cache, out=out, sinks=sinks,
             k_descale=k_descale, v_descale=v_descale, masked=mask is not None or bias is not None,
-            want_lse=want_lse, spans=params.use_spans and plan.spans is not None,
+            want_lse=want_lse, spans=core_spans.applies(plan, params),
             alibi=alibi_slopes is not None)) is None:
         return fa3.run_fa3(q, k_cache, v_cache, plan, params, sinks=sinks, out=out,
                            want_lse=want_lse)

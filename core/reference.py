@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 
 from . import masks
+from . import spans as core_spans
 from .masks import MaskSpec
 from .params import AttnParams
 from .plan import AttnPlan
@@ -46,7 +47,7 @@ def visible(q_pos: torch.Tensor, k_pos: torch.Tensor, k_len: int, p: AttnParams,
 
 def _sequence_spans(plan: AttnPlan, params: AttnParams) -> list[list[tuple[int, int]]]:
     """Each sequence's spans as host lists (none when the layer or the plan has none)."""
-    if not params.use_spans or plan.spans is None:
+    if not core_spans.applies(plan, params):
         return [[] for _ in range(plan.batch_size)]
     table, counts = plan.spans.tolist(), plan.span_counts.tolist()
     return [[tuple(r) for r in table[b][:n]] for b, n in enumerate(counts)]

@@ -28,8 +28,16 @@ from typing import Sequence
 import torch
 
 from .checks import expect
+from .params import AttnParams
+from .plan import AttnPlan
 
 Span = tuple[int, int]
+
+
+def applies(plan: AttnPlan, params: AttnParams) -> bool:
+    """Whether a call on ``plan`` with ``params`` applies bidirectional spans: the plan has a
+    span table and the layer does not keep its attention causal (``params.use_spans``)."""
+    return params.use_spans and plan.spans is not None
 
 
 def check_span_list(name: str, b: int, spans: Sequence[Span], k_len: int | None) -> None:

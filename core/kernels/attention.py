@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from .. import checks
+from .. import spans as core_spans
 from ..masks import MaskSpec
 from ..plan import AttnPlan
 from ..params import AttnParams
@@ -510,7 +511,7 @@ def run_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         bias = None if key_bias else bias
     else:
         term_args = (dummy, dummy, 0)
-    spans = params.use_spans and plan.spans is not None
+    spans = core_spans.applies(plan, params)
     span_args = ((plan.spans, plan.span_counts, plan.spans.stride(0), plan.spans.stride(1))
                  if spans else (dummy, dummy, 0, 0))
     grid = (triton.cdiv(plan.max_seqlen_q * group, cfg["BLOCK_M"]), plan.batch_size * hk, splits)
