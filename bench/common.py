@@ -61,6 +61,20 @@ def anyattn_call(choice: str, q: torch.Tensor, k_cache: torch.Tensor, v_cache: t
     return run, sched.provider, plan
 
 
+def middle_span(batch: int, seq: int, span: int) -> tuple[dict, dict]:
+    """One ``span``-token bidirectional span in the middle of each of ``batch`` prompts of
+    ``seq`` tokens: anyattn's plan kwargs (``spans``) and vLLM's Triton kernel kwargs
+    (``mm_prefix_range``: ``[B, max_ranges, 2]`` int32, end inclusive, as
+    ``compute_mm_prefix_range_tensor`` builds it)."""
+    from anyattn.core.spans import span_table
+
+    start = seq // 2 - span // 2
+    spans = span_table([[(start, start + span)]] * batch, "cuda")
+    mm_range = torch.tensor([[[start, start + span - 1]]] * batch, dtype=torch.int32,
+                            device="cuda")
+    return dict(spans=spans), dict(mm_prefix_range=mm_range)
+
+
 def gather_dense(cache: torch.Tensor, table: torch.Tensor, k_len: int) -> torch.Tensor:
     """Paged [pages, page, Hk, D] -> dense [B, Hk, k_len, D] for the dense peers."""
     page = cache.shape[1]

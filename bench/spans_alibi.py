@@ -15,9 +15,7 @@ from __future__ import annotations
 import torch
 
 from anyattn.core.params import AttnParams
-from anyattn.core.spans import span_table
-
-from common import anyattn_call, emit_timed, markdown, paged_cache
+from common import anyattn_call, emit_timed, markdown, middle_span, paged_cache
 from peers import VLLM_UNIFIED, vllm_unified_call, vllm_unified_or_skip
 
 HQ, HK, D, PAGE, SPAN = 32, 8, 128, 16, 1024
@@ -32,14 +30,10 @@ def alibi_slopes() -> torch.Tensor:
 
 def variants(seq: int, batch: int) -> dict[str, tuple[dict, dict, dict]]:
     """name -> (anyattn plan kwargs, anyattn call kwargs, vLLM kernel kwargs)."""
-    start = seq // 2 - SPAN // 2
-    spans = span_table([[(start, start + SPAN)]] * batch, DEVICE)
-    # vLLM's layout: [B, max_ranges, 2] int32, end inclusive (compute_mm_prefix_range_tensor).
-    mm_range = torch.tensor([[[start, start + SPAN - 1]]] * batch, dtype=torch.int32,
-                            device=DEVICE)
+    span_plan_kw, span_vllm_kw = middle_span(batch, seq, SPAN)
     slopes = alibi_slopes()
     return {"none": ({}, {}, {}),
-            f"span {SPAN}": (dict(spans=spans), {}, dict(mm_prefix_range=mm_range)),
+            f"span {SPAN}": (span_plan_kw, {}, span_vllm_kw),
             "alibi": ({}, dict(alibi_slopes=slopes), dict(alibi_slopes=slopes))}
 
 

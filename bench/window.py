@@ -12,9 +12,7 @@ from __future__ import annotations
 import torch
 
 from anyattn.core.params import AttnParams
-from anyattn.core.spans import span_table
-
-from common import ANYATTN_IMPLS, anyattn_call, emit_timed, markdown, paged_cache
+from common import ANYATTN_IMPLS, anyattn_call, emit_timed, markdown, middle_span, paged_cache
 from peers import FA3, VLLM_UNIFIED, fa3_call, fa3_or_skip, vllm_unified_call, vllm_unified_or_skip
 
 HQ, HK, D, PAGE, WINDOW, SPAN = 32, 8, 128, 16, 1024, 1024
@@ -37,14 +35,9 @@ def main() -> None:
         k_cache, v_cache, table = paged_cache(lens, HK, D, PAGE)
         q = torch.randn(batch * seq, HQ, D, device="cuda", dtype=torch.bfloat16)
         out = torch.empty_like(q)
-        start = seq // 2 - SPAN // 2
-        spans = span_table([[(start, start + SPAN)]] * batch, "cuda")
-        mm_range = torch.tensor([[[start, start + SPAN - 1]]] * batch, dtype=torch.int32,
-                                device="cuda")
-        for variant, plan_kw, vllm_kw in (
-                (f"window {WINDOW}", {}, {}),
-                (f"window {WINDOW} + span {SPAN}", dict(spans=spans),
-                 dict(mm_prefix_range=mm_range))):
+        for variant, (plan_kw, vllm_kw) in ((f"window {WINDOW}", ({}, {})),
+                                            (f"window {WINDOW} + span {SPAN}",
+                                             middle_span(batch, seq, SPAN))):
             row = dict(bench="window", shape=f"prefill {batch}x{seq}, {variant}", variant=variant)
             for choice, name in ANYATTN_IMPLS.items():
                 run, provider, _ = anyattn_call(choice, q, k_cache, v_cache, lens, lens, table,
