@@ -58,14 +58,13 @@ def check_attention_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     expect(params.softmax_scale > 0,
            lambda: f"softmax_scale: expected a positive float, got {params.softmax_scale}")
     if alibi_slopes is not None:
-        check_alibi_slopes(alibi_slopes, q.shape[1])
+        check_alibi_slopes(alibi_slopes, q.shape[1], q.device)
     cache_rank, layout = (4, "[num_pages, page_size, num_kv_heads, head_dim]") if plan.paged \
         else (3, "[total_k, num_kv_heads, head_dim]")
     check_rank("k_cache", k_cache, cache_rank, layout)
     check_rank("v_cache", v_cache, cache_rank, layout)
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache), ("out", out), ("sinks", sinks),
                     ("k_descale", k_descale), ("v_descale", v_descale),
-                    ("alibi_slopes", alibi_slopes),
                     ("cu_seqlens_q", plan.cu_seqlens_q), ("seqused_k", plan.seqused_k),
                     ("page_table", plan.page_table), ("cu_seqlens_k", plan.cu_seqlens_k)):
         check_device(name, t, q.device)
@@ -112,14 +111,18 @@ def check_attention_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         check_lengths(plan, k_cache, params)
 
 
-def check_alibi_slopes(slopes: torch.Tensor, num_heads: int) -> None:
-    """ALiBi slopes: one float per query head (``[num_heads]``)."""
+def check_alibi_slopes(slopes: torch.Tensor, num_heads: int,
+                       device: torch.device | None = None) -> None:
+    """ALiBi slopes: one float per query head (``[num_heads]``), on ``device`` when given
+    (q's: adapters call this before they write the KV cache)."""
     expect(isinstance(slopes, torch.Tensor) and tuple(slopes.shape) == (num_heads,)
            and slopes.dtype in FLOAT_DTYPES,
            lambda: f"alibi_slopes: expected a float32 (or float16/bfloat16) tensor of shape "
            f"({num_heads},) [num_heads], got "
            + (f"{slopes.dtype} {tuple(slopes.shape)}" if isinstance(slopes, torch.Tensor)
               else type(slopes).__name__))
+    if device is not None:
+        check_device("alibi_slopes", slopes, device)
 
 
 def check_lengths(plan: AttnPlan, k_cache: torch.Tensor, params: AttnParams) -> None:

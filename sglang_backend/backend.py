@@ -122,7 +122,7 @@ class AnyAttnBackend(AttentionBackend):
             raise RuntimeError("anyattn: init_forward_metadata was not called for this step")
         params = self._params(layer)
         if slopes is not None:
-            checks.check_alibi_slopes(slopes, layer.tp_q_head_num)
+            checks.check_alibi_slopes(slopes, layer.tp_q_head_num, q.device)
             if md.draft is not None or layer.is_cross_attention:
                 raise NotImplementedError("anyattn: ALiBi in a speculative tree cascade or in "
                                           "cross-attention is not supported")

@@ -145,14 +145,16 @@ def test_alibi_slopes(scenario_factory, monkeypatch, name, impl):
 
 
 def test_unusable_slopes_are_refused_before_any_write(scenario_factory):
-    """A slope count that is not the layer's head count, and ALiBi in a tree verify (the
-    cascade places draft tokens at other positions than SGLang's): errors before the KV write."""
+    """A slope count that is not the layer's head count, slopes on another device than q, and
+    ALiBi in a tree verify (the cascade places draft tokens at other positions than SGLang's):
+    errors before the KV write."""
     extend = scenario_factory(page_size=16, **ALIBI_CASES["extend"])
     tree = scenario_factory(mode=ForwardMode.TARGET_VERIFY, prefix_lens=(5, 30), new_lens=(4, 4),
                             page_size=16, tree_parents=[-1, 0, 0, 1], batch_topk=2,
                             spec=Spec(topk=2, num_draft_tokens=4, num_steps=3))
     for s, slopes, error, match in (
             (extend, SLOPES[:3], ValueError, r"alibi_slopes: expected .* \(4,\) \[num_heads\]"),
+            (extend, SLOPES.to("meta"), ValueError, "alibi_slopes: expected a tensor on cpu"),
             (tree, SLOPES, NotImplementedError, "ALiBi in a speculative tree cascade")):
         before = [t.clone() for t in s.runner.token_to_kv_pool.get_kv_buffer(0)]
         with pytest.raises(error, match=match):
