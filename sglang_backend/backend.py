@@ -19,10 +19,10 @@ from anyattn.core.views import cache_view, expand_descale
 
 from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 from sglang.srt.layers.radix_attention import AttentionType
-from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 from sglang.srt.mem_cache.swa_memory_pool import SWAKVPool
 from sglang.srt.runtime_context import get_exec, get_parallel, get_spec
 
+from .compat import write_loc
 from .metadata import EngineShape, StepMetadata, StepPlanner
 
 
@@ -135,7 +135,7 @@ class AnyAttnBackend(AttentionBackend):
                                           "decode with topk > 1 are not supported")
         if k is not None and save_kv_cache:
             self.token_to_kv_pool.set_kv_buffer(
-                layer, KVWriteLoc.for_layer(fb, layer),
+                layer, write_loc(fb, layer),
                 k.view(-1, layer.tp_k_head_num, layer.head_dim),
                 v.view(-1, layer.tp_v_head_num, layer.v_head_dim),
                 layer.k_scale, layer.v_scale)

@@ -30,25 +30,17 @@ def create_backend(model_runner):
     return AnyAttnBackend(model_runner)
 
 
-def _draft_backends(original, factory, backend_name, backend_map, error_template,
-                    stamps_children=False):
-    """AROUND ``DraftBackendFactory._create_backend``: add anyattn to its name map.
+def _draft_extend_backend(factory):
+    from .backend import AnyAttnBackend
 
-    ``stamps_children`` is True only for the multi-step draft-decode container.
-    """
-    if stamps_children:
-        def make():
-            from .draft import AnyAttnMultiStepDraftBackend
+    return AnyAttnBackend(factory.draft_model_runner)
 
-            return NAME, AnyAttnMultiStepDraftBackend(
-                factory.draft_model_runner, factory.topk, factory.speculative_num_steps)
-    else:
-        def make():
-            from .backend import AnyAttnBackend
 
-            return NAME, AnyAttnBackend(factory.draft_model_runner)
-    return original(factory, backend_name, {**backend_map, NAME: make}, error_template,
-                    stamps_children=stamps_children)
+def _multi_step_draft_backend(factory):
+    from .draft import AnyAttnMultiStepDraftBackend
+
+    return AnyAttnMultiStepDraftBackend(factory.draft_model_runner, factory.topk,
+                                        factory.speculative_num_steps)
 
 
 def _allow_page_tree(original, server_args, *args, **kwargs):
@@ -72,16 +64,15 @@ def register() -> None:
     global _registered
     if _registered:
         return
-    from sglang.srt.arg_groups import choices
     from sglang.srt.layers.attention.attention_registry import register_attention_backend
 
-    if NAME not in choices.ATTENTION_BACKEND_CHOICES:
-        choices.add_attention_backend_choices([NAME])
-    if NAME not in choices.DRAFT_ATTENTION_BACKEND_CHOICES:
-        choices.add_draft_attention_backend_choices([NAME])
+    from .compat import add_backend_choice, draft_backend_hook
+
+    add_backend_choice(NAME)
     register_attention_backend(NAME)(create_backend)
     HookRegistry.register("sglang.srt.speculative.draft_utils.DraftBackendFactory._create_backend",
-                          _draft_backends, HookType.AROUND)
+                          draft_backend_hook(NAME, _draft_extend_backend,
+                                             _multi_step_draft_backend), HookType.AROUND)
     HookRegistry.register("sglang.srt.arg_groups.speculative_hook._handle_eagle_family",
                           _allow_page_tree, HookType.AROUND)
     _registered = True

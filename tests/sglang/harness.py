@@ -30,6 +30,14 @@ HEAD_DIM = 32
 MAX_CONTEXT = 96
 
 
+def bind_batch(runner, forward_batch: ForwardBatch) -> None:
+    """Bind a hand-built batch to its own KV-index plan where the release has one (0.5.23's
+    ``kv_index_translator``; 0.5.17 has none and needs nothing)."""
+    translator = getattr(runner, "kv_index_translator", None)
+    if translator is not None:
+        translator.bind_own_plan(forward_batch)
+
+
 def count_kernel_launches(monkeypatch) -> list:
     """Record each call of anyattn's Triton attention entry point (the list fills as it runs)."""
     from anyattn.core.kernels import attention as kernels
@@ -184,7 +192,7 @@ class Scenario:
             seq_lens_cpu=torch.tensor(seq, dtype=torch.int32),
             out_cache_loc=torch.cat(self.new_slots).to(torch.int64),
             seq_lens_sum=sum(seq), positions=positions)
-        self.runner.kv_index_translator.bind_own_plan(fb)
+        bind_batch(self.runner, fb)
         if mode.is_extend(include_draft_extend_v2=True) and not mode.is_target_verify():
             fb.extend_prefix_lens = torch.tensor(self.prefix_lens, dtype=torch.int32)
             fb.extend_prefix_lens_cpu = list(self.prefix_lens)

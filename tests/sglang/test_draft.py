@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import HEAD_DIM, Spec
+from harness import HEAD_DIM, Spec, bind_batch
 from sglang.srt.layers.attention.triton_backend import TritonMultiStepDraftBackend
 from sglang.srt.model_executor.forward_batch_info import ForwardBatch, ForwardMode
 from sglang.srt.model_executor.forward_context import ForwardContext, forward_context
@@ -78,7 +78,7 @@ def test_draft_decode_matches_triton(scenario_factory, topk, page_size, graph):
             seq_lens_cpu=seq_lens.clone(), out_cache_loc=loc.clone(),
             seq_lens_sum=int(seq_lens.sum()),
             positions=seq_lens.long().repeat_interleave(topk))
-        s.runner.kv_index_translator.bind_own_plan(fb)
+        bind_batch(s.runner, fb)
         fb.spec_info = EagleDraftInput()
         return fb
 

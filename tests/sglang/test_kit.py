@@ -17,7 +17,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import count_kernel_launches
+from harness import bind_batch, count_kernel_launches
 from kit import (BACKENDS, CPU, ForwardMode, KitTestCase, case, cpu_rng, dense, draft,
                  draft_extend, graph_decode, page_rule_breaks, prefix_rewrite_collisions, run,
                  split_op, verify)
@@ -194,7 +194,7 @@ def _draft_decode(backend: str, topk: int, page_size: int, runner: str = "eagle"
                                    build_kwargs=_build_kwargs(), settings=settings)
         adapter.prepare_replay_state(fixture, kit_case, inputs, settings)
         batch = adapter.make_forward_batch(kit_case, inputs, settings)
-        fixture.runner.kv_index_translator.bind_own_plan(batch)
+        bind_batch(fixture.runner, batch)
         logits = _record_logits(worker.model_runner)
         outputs = run_eager(worker, batch)
     return [t for t in outputs if isinstance(t, torch.Tensor)], logits, fixture, kit_case
