@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Device-side steps of a GPU session on the lent H200 (see ../shared/device/README.md):
-#   bash ci/gpu/device.sh stash FILE...      copy carried vLLM site pieces to /tmp/stash
+# Device-side steps of a GPU session on the lent H200 (the README's GPU section says how the sites are built):
+#   bash ci/gpu/device.sh stash FILE...      copy carried site pieces to /tmp/stash
 #   bash ci/gpu/device.sh start [STAGE ...]  install the site + anyattn, start pipeline.sh detached
+#                                            (SITE=sglang: the SGLang 0.5.17 site of .whl/sglang0517)
 #   bash ci/gpu/device.sh rerun STAGE ...    start pipeline.sh again on an installed machine
 #   bash ci/gpu/device.sh collect [WAIT_S]   wait up to WAIT_S for it to finish, pack results to $OUT
 set -uo pipefail
@@ -10,7 +11,11 @@ R=/tmp/anyattn-results
 case $1 in
   stash) shift; mkdir -p /tmp/stash && cp "$@" /tmp/stash/ && ls -l /tmp/stash ;;
   start) shift
-    bash .whl/vllm026/install.sh /tmp/stash || exit 1
+    if [ "${SITE:-vllm}" = sglang ]; then
+      bash .whl/sglang0517/install.sh /tmp/stash /tmp/ssite || exit 1
+    else
+      bash .whl/vllm026/install.sh /tmp/stash || exit 1
+    fi
     python3 -m pip install -q --no-deps --no-build-isolation -e . || exit 1
     ;&
   rerun) [ "$1" = rerun ] && shift

@@ -68,6 +68,37 @@ def make_tiny(name: str, root: Path, seed: int = 0) -> Path:
     return path
 
 
+def make_eagle_draft(target: Path, root: Path, seed: int = 1) -> Path:
+    """A one-layer EAGLE draft (SGLang's ``LlamaForCausalLMEagle``) for ``target``, random
+    weights as ``make_tiny``'s, under the names SGLang's loader reads (no ``model.`` prefix,
+    the ``fc`` that joins the target's hidden state with the token embedding)."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = root / f"{target.name}_eagle"
+    if (path / "config.json").exists():
+        return path
+    conf = json.loads((target / "config.json").read_text())
+    conf.update(num_hidden_layers=1, architectures=["LlamaForCausalLMEagle"])
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", **{
+        k: v for k, v in conf.items() if k not in ("architectures", "model_type")}))
+    hidden = conf["hidden_size"]
+    weights = {name.removeprefix("model."): p.detach() for name, p in model.state_dict().items()
+               if name != "model.norm.weight"}
+    weights["fc.weight"] = torch.empty(hidden, 2 * hidden)
+    weights["fc.bias"] = torch.zeros(hidden)
+    for name, w in weights.items():
+        if w.dim() > 1:
+            w.normal_(0.0, 0.05)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in weights.items()},
+              str(path / "model.safetensors"))
+    (path / "config.json").write_text(json.dumps(conf, indent=1))
+    return path
+
+
 def make_llama8b(root: Path, num_layers: int) -> Path:
     path = root / f"llama8b_{num_layers}l"
     path.mkdir(parents=True, exist_ok=True)

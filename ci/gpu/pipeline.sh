@@ -6,11 +6,15 @@
 #   tests   tests/core + tests/gpu on CUDA (bf16 sweep, FA3 provider, CUDA graphs)
 #   bench   bench/run_all.sh (kernels: anyattn auto / triton vs FA3, vLLM Triton, cuDNN)
 #   e2e     ci/gpu/throughput.py (Llama-3-8B-shaped, anyattn vs FLASH_ATTN vs TRITON_ATTN)
+#   sglang_env, sglang_fa3, sglang_serving   with SITE=sglang (the SGLang 0.5.17 site):
+#           versions; tests/gpu/test_fa3_provider.py with sgl_kernel's FA3 (no vLLM on the path);
+#           tests/gpu/test_sglang_serving.py (SGLang + anyattn vs fa3 / triton, EAGLE)
 # Usage: bash ci/gpu/pipeline.sh RESULTS_DIR [STAGE ...]   (default: every stage, in order)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 R=$(realpath -m "$1"); shift
 mkdir -p "$R"
+if [ "${SITE:-vllm}" = sglang ]; then export PYTHONPATH=/tmp/ssite; fi
 export PYTHONPATH=${PYTHONPATH:-/tmp/vsite} PYTHONUNBUFFERED=1 VLLM_NO_USAGE_STATS=1
 # The carried vLLM site has no FlashInfer; its sampler probe would import it.
 export VLLM_USE_FLASHINFER_SAMPLER=0
@@ -29,6 +33,13 @@ print('torch', torch.__version__, 'triton', triton.__version__, 'vllm', vllm.__v
     bench) OUT="$R/bench" bash bench/run_all.sh --no-flex ;;
     e2e) python3 ci/gpu/throughput.py "$R/throughput.jsonl" ;;
     e2e_full) python3 ci/gpu/throughput.py "$R/throughput.jsonl" --backends FLASH_ATTN:FULL ;;
+    sglang_env) nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+         python3 -c "import torch, triton, sglang, sgl_kernel; from anyattn.core.kernels import fa3; \
+print('torch', torch.__version__, 'triton', triton.__version__, 'sglang', sglang.__version__, \
+'sgl_kernel', sgl_kernel.__version__, 'fa3', fa3.source(), fa3.unavailable(torch.device('cuda')))" ;;
+    sglang_fa3) python3 -m pytest -q -rs tests/gpu/test_fa3_provider.py ;;
+    sglang_serving) ANYATTN_SERVING_OUT="$R/sglang" python3 -m pytest -q -rs \
+         tests/gpu/test_sglang_serving.py ;;
     *) echo "unknown stage $1"; return 2 ;;
   esac
 }
