@@ -39,7 +39,7 @@ print('torch', torch.__version__, 'triton', triton.__version__, 'sglang', sglang
 'sgl_kernel', sgl_kernel.__version__, 'fa3', fa3.source(), fa3.unavailable(torch.device('cuda')))" ;;
     sglang_fa3) python3 -m pytest -q -rs tests/gpu/test_fa3_provider.py ;;
     sglang_serving) ANYATTN_SERVING_OUT="$R/sglang" python3 -m pytest -q -rs \
-         tests/gpu/test_sglang_serving.py ;;
+         tests/gpu/test_sglang_serving.py ${PYTEST_K:+-k "$PYTEST_K"} ;;
     *) echo "unknown stage $1"; return 2 ;;
   esac
 }

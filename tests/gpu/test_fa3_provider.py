@@ -98,7 +98,8 @@ def test_fa3_contiguous_keys(monkeypatch, fa3_calls):
     plan = build_plan(cu_q, None, max_seqlen_q=300, max_seqlen_k=500, cu_seqlens_k=cu_k)
     ref, _ = reference_attention(q, k, v, plan, AttnParams(softmax_scale=128 ** -0.5,
                                                                softcap=20.0))
-    assert fa3_calls
+    # vLLM's FA3 takes contiguous keys; sgl_kernel's is called paged only (Triton runs this).
+    assert bool(fa3_calls) == (fa3.source().varlen is not None)
     torch.testing.assert_close(got.float(), ref.float(), atol=3e-2, rtol=3e-2)
 
 

@@ -3,7 +3,7 @@
 Each backend runs ``sglang.Engine`` in its own process (``ci/gpu/sglang_serve_one.py``: bf16,
 CUDA graphs as SGLang captures them, radix cache, chunked prefill at 512 tokens, 16 prompts of
 1-2,000 tokens with a shared prefix). Compared with ``ci/gpu/compare.py``'s rule, the one the
-vLLM serving test uses: prompt logprobs within ``tol`` of ``fa3`` and generated tokens equal up
+vLLM serving test uses (``triton`` runs the plain models only): prompt logprobs within ``tol`` of ``fa3`` and generated tokens equal up
 to the first near-tie, where ``tol`` is at least 0.125 nats and twice ``triton``'s largest
 prompt-logprob difference from ``fa3``. The graph replays counted in SGLang's scheduler must
 be non-zero for anyattn (decode graphs, and 0.5.17's breakable prefill graphs).
@@ -37,6 +37,7 @@ if not torch.cuda.is_available():
     pytest.skip("no CUDA device", allow_module_level=True)
 
 OUT = Path(os.environ.get("ANYATTN_SERVING_OUT") or tempfile.mkdtemp(prefix="sglang-serving-"))
+OUT.mkdir(parents=True, exist_ok=True)
 MODELS = Path(os.environ.get("ANYATTN_MODELS", OUT / "models"))
 
 
@@ -70,7 +71,7 @@ def test_serving_matches_fa3(name):
     assert sum(runs["anyattn"]["cached_tokens"]) > 0  # the radix cache served shared prefixes
 
 
-@pytest.mark.parametrize("topk,page_size", [(1, 1), (4, 1), (1, 16), (4, 16)])
+@pytest.mark.parametrize("topk,page_size", [(4, 1), (1, 16), (1, 1), (4, 16)])
 def test_eagle_matches_greedy_and_fa3(topk, page_size):
     model = make_tiny("llama_gqa_d128", MODELS)
     draft = make_eagle_draft(model, MODELS)
@@ -80,11 +81,10 @@ def test_eagle_matches_greedy_and_fa3(topk, page_size):
     tag = f"eagle{topk}-p{page_size}"
     plain = {b: serve(model, b, f"p{page_size}", "--page-size", str(page_size),
                       "--no-prompt-logprobs") for b in ("fa3", "anyattn")}
-    spec_runs = {b: serve(model, b, tag, *spec) for b in ("fa3", "triton", "anyattn")}
+    spec_runs = {b: serve(model, b, tag, *spec) for b in ("fa3", "anyattn")}
     check(spec_runs)
     # Speculation changes nothing but speed: anyattn's speculative run against its own greedy
     # run, and against fa3's greedy run.
-    check({"anyattn": spec_runs["anyattn"], "triton": spec_runs["triton"],
-           "fa3": plain["anyattn"]})
-    check({"anyattn": spec_runs["anyattn"], "triton": spec_runs["triton"], "fa3": plain["fa3"]})
+    check({"anyattn": spec_runs["anyattn"], "fa3": plain["anyattn"]})
+    check({"anyattn": spec_runs["anyattn"], "fa3": plain["fa3"]})
     assert spec_runs["anyattn"]["graph_replays"].get("full", 0) > 0
