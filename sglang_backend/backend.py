@@ -52,10 +52,12 @@ class AnyAttnBackend(AttentionBackend):
             get_parallel().attn_tp_size)
         self.attention_chunk_size = getattr(model_runner, "attention_chunk_size", None) or 0
         self.deterministic = bool(get_exec().deterministic.enable_deterministic_inference)
+        # SGLang 0.5.17's EAGLE workers size their graph-capture batches from it.
+        self.max_context_len = model_runner.model_config.context_len
         spec = get_spec()
         self.planner = StepPlanner(EngineShape(
             req_to_token=model_runner.req_to_token_pool.req_to_token,
-            page_size=model_runner.page_size, max_context_len=model_runner.model_config.context_len,
+            page_size=model_runner.page_size, max_context_len=self.max_context_len,
             num_kv_heads=self.num_kv_heads, deterministic=self.deterministic,
             topk=topk if topk is not None else int(spec.speculative_eagle_topk or 0),
             num_draft_tokens=int(spec.speculative_num_draft_tokens or 0),
