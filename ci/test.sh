@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ci/setup.sh
 TRITON_INTERPRET=1 .venv/bin/python -m pytest -q tests/core
-for engine in vllm vllm_releases sglang; do
+for engine in vllm vllm_releases sglang sglang_releases; do
   if [ -f "ci/test_${engine}.sh" ]; then
     bash "ci/test_${engine}.sh"
   fi
