@@ -13,6 +13,11 @@ case $1 in
   start) shift
     if [ "${SITE:-vllm}" = sglang ]; then
       bash .whl/sglang0517/install.sh /tmp/stash /tmp/ssite || exit 1
+      # 0.5.17's EAGLE worker imports deep_gemm (via its DSA backend) at graph capture for every
+      # attention backend; the site carries none, and no dense model calls it.
+      mkdir -p /tmp/ssite/deep_gemm
+      printf 'def __getattr__(name):\n    raise AttributeError(f"deep_gemm stub: {name}")\n' \
+        > /tmp/ssite/deep_gemm/__init__.py
     else
       bash .whl/vllm026/install.sh /tmp/stash || exit 1
     fi
