@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class AttnParams:
-    """Per-layer attention semantics (DESIGN.md, "Semantics").
+    """Per-layer attention semantics (docs/semantics.md).
 
     ``window_left``/``window_right``: a query at position p sees keys in
     ``[p - left, p + right]`` inclusive, -1 = unbounded (FlashAttention's convention).

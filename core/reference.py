@@ -1,4 +1,4 @@
-"""PyTorch oracle for every semantic in DESIGN.md; also the CPU fallback path.
+"""PyTorch oracle for every semantic in docs/semantics.md; also the CPU fallback path.
 
 Keys are walked in chunks with an online softmax in float32, so memory stays
 O(q_chunk x k_chunk) per step and never O(q_len x k_len), even at 256K tokens.
