@@ -82,6 +82,10 @@ class AnyAttnImpl(AttentionImpl[AnyAttnMetadata]):
             return output  # profiling run: no plan and no cache to read
         n = attn_metadata.num_actual_tokens
         params = self._step_params(layer, attn_metadata)
+        if self.alibi_slopes is not None and self.alibi_slopes.device != query.device:
+            # Built at init, where vLLM's device context decides the device; moved once, on
+            # the first (eager) step, never inside a captured graph.
+            self.alibi_slopes = self.alibi_slopes.to(query.device)
         if self.attn_type == AttentionType.ENCODER_ONLY:
             ops.attention(query[:n], key[:n], value[:n], attn_metadata.plan, params,
                           sinks=self.sinks, out=output[:n], alibi_slopes=self.alibi_slopes)
