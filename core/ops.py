@@ -195,6 +195,7 @@ def flash_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
         batch = cu_seqlens_q.shape[0] - 1
         if max_seqlen_q is None:
             max_seqlen_q = int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max()) if batch else 0
+    total_q = q.shape[0] if batched_q else None  # the offsets built here: B x Sq rows
     if isinstance(cache_seqlens, int):
         cache_seqlens = torch.full((batch,), cache_seqlens, dtype=torch.int32, device=q.device)
     if page_table is None:
@@ -205,7 +206,7 @@ def flash_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     plan = build_plan(cu_seqlens_q, cache_seqlens, max_seqlen_q=max_seqlen_q,
                       max_seqlen_k=max_seqlen_k, page_table=page_table,
                       num_kv_heads=k_cache.shape[-2], num_splits=num_splits or None,
-                      deterministic=deterministic)
+                      deterministic=deterministic, total_q=total_q)
     res = attention(q, k_cache, v_cache, plan,
                     _params(q, softmax_scale, causal, window_size, attention_chunk, softcap),
                     sinks=sinks, k_descale=k_descale, v_descale=v_descale,
