@@ -80,7 +80,7 @@ class AnyAttnImpl(AttentionImpl[AnyAttnMetadata]):
             raise NotImplementedError("anyattn: fused output quantization is not supported")
         if attn_metadata is None:
             return output  # profiling run: no plan and no cache to read
-        n = attn_metadata.num_actual_tokens
+        n = attn_metadata.num_query_rows
         params = self._step_params(layer, attn_metadata)
         if self.attn_type == AttentionType.ENCODER_ONLY:
             ops.attention(query[:n], key[:n], value[:n], attn_metadata.plan, params,
