@@ -83,7 +83,8 @@ def build_plan(cu_seqlens_q: torch.Tensor, seqused_k: torch.Tensor | None, *, ma
                cu_seqlens_k: torch.Tensor | None = None, num_kv_heads: int = 1,
                num_splits: int | None = None, deterministic: bool = False,
                page_size: int | None = None, workload: Workload | None = None,
-               spans: tuple[torch.Tensor, torch.Tensor] | None = None) -> AttnPlan:
+               spans: tuple[torch.Tensor, torch.Tensor] | None = None,
+               total_q: int | None = None, total_k: int | None = None) -> AttnPlan:
     """Assemble a plan; ``num_splits=None`` picks the split count from static sizes.
 
     With contiguous keys, ``seqused_k=None`` means every sequence uses its whole
@@ -91,7 +92,12 @@ def build_plan(cu_seqlens_q: torch.Tensor, seqused_k: torch.Tensor | None, *, ma
     cache's own). ``workload`` (the layers' tensor facts, when the caller knows them) makes
     the kernel choice now rather than at the first call (:mod:`core.providers`).
     ``spans``: the step's bidirectional spans as ``(spans, span_counts)`` from
-    :func:`anyattn.core.spans.span_table`.
+    :func:`anyattn.core.spans.span_table`. ``total_q`` / ``total_k``: ``cu_seqlens_q[-1]`` /
+    ``cu_seqlens_k[-1]`` when the caller holds them on the host (every call then checks q's and
+    k's rows against them, see :class:`AttnPlan`).
+
+    ``max_seqlen_q`` must bound every sequence's query count (it sizes the launch grid: rows
+    past it would not be computed); ``ANYATTN_DEBUG=1`` (or CPU tensors) checks it.
     """
     if (page_table is None) == (cu_seqlens_k is None):
         raise ValueError("build_plan: pass exactly one of page_table [B, max_pages] "
@@ -119,6 +125,8 @@ def build_plan(cu_seqlens_q: torch.Tensor, seqused_k: torch.Tensor | None, *, ma
         page_size=page_size,
         spans=None if spans is None else spans[0],
         span_counts=None if spans is None else spans[1],
+        total_q=None if total_q is None else int(total_q),
+        total_k=None if total_k is None else int(total_k),
     )
     if workload is not None:
         providers.schedule(plan, workload)

@@ -101,22 +101,17 @@ def write_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
     """Store ``k``/``v [T, Hk, D]`` at cache slots ``slot_mapping[T]`` (-1 = padding, skipped).
 
     Caches are ``[num_pages, page_size, Hk, D]`` with any strides; an fp8 cache stores
-    ``k / k_scale`` (scales default to 1).
+    ``k / k_scale`` (scales default to 1; finite and positive), saturated to the format's
+    finite range (e4m3 +-448, e5m2 +-57344) as vLLM's cache writes are.
     """
     checks.check_kv_write(k, v, k_cache, v_cache, slot_mapping)
+    checks.check_scale("k_scale", k_scale)
+    checks.check_scale("v_scale", v_scale)
     if use_triton(k):
         from .kernels.kv_write import run_kv_write
         run_kv_write(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale)
         return
-    slots = slot_mapping[: k.shape[0]].long()
-    keep = slots >= 0
-    page_size = k_cache.shape[1]
-    pages, offs = slots[keep] // page_size, slots[keep] % page_size
-    for src, cache, scale in ((k, k_cache, k_scale), (v, v_cache, v_scale)):
-        vals = src[keep].float()
-        if scale is not None:
-            vals = vals / (scale if isinstance(scale, float) else scale.float())
-        cache[pages, offs] = vals.to(cache.dtype)
+    reference.write_kv_reference(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale)
 
 
 def merge_state(o_a: torch.Tensor, lse_a: torch.Tensor, o_b: torch.Tensor,
@@ -200,6 +195,7 @@ def flash_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
         batch = cu_seqlens_q.shape[0] - 1
         if max_seqlen_q is None:
             max_seqlen_q = int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max()) if batch else 0
+    total_q = q.shape[0] if batched_q else None  # the offsets built here: B x Sq rows
     if isinstance(cache_seqlens, int):
         cache_seqlens = torch.full((batch,), cache_seqlens, dtype=torch.int32, device=q.device)
     if page_table is None:
@@ -210,7 +206,7 @@ def flash_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     plan = build_plan(cu_seqlens_q, cache_seqlens, max_seqlen_q=max_seqlen_q,
                       max_seqlen_k=max_seqlen_k, page_table=page_table,
                       num_kv_heads=k_cache.shape[-2], num_splits=num_splits or None,
-                      deterministic=deterministic)
+                      deterministic=deterministic, total_q=total_q)
     res = attention(q, k_cache, v_cache, plan,
                     _params(q, softmax_scale, causal, window_size, attention_chunk, softcap),
                     sinks=sinks, k_descale=k_descale, v_descale=v_descale,

@@ -29,6 +29,11 @@ class AttnPlan:
 
     ``spans`` (``[B, S, 2]``) and ``span_counts`` (``[B]``) are the step's bidirectional spans
     (:mod:`core.spans`), both present or both None.
+
+    ``total_q`` / ``total_k``: ``cu_seqlens_q[-1]`` / ``cu_seqlens_k[-1]`` when the builder knows
+    them on the host (built from host lengths), else None. Every call checks q's rows (and
+    contiguous keys' rows) against them without a device read; ``cu_seqlens_q[0]`` is 0 for
+    every plan anyattn's builders make.
     """
 
     cu_seqlens_q: torch.Tensor
@@ -43,6 +48,8 @@ class AttnPlan:
     page_size: int | None = None
     spans: torch.Tensor | None = None
     span_counts: torch.Tensor | None = None
+    total_q: int | None = None
+    total_k: int | None = None
     schedules: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property

@@ -12,6 +12,7 @@ import torch
 
 from . import masks
 from . import spans as core_spans
+from .checks import FP8_DTYPES
 from .masks import MaskSpec
 from .params import AttnParams
 from .plan import AttnPlan
@@ -171,3 +172,29 @@ def merge_state_reference(o_a: torch.Tensor, lse_a: torch.Tensor, o_b: torch.Ten
     o = (o_a.float() * (wa / denom)[..., None] + o_b.float() * (wb / denom)[..., None])
     lse = torch.where(total == 0, torch.full_like(m, -math.inf), m_safe + torch.log(total))
     return o.to(o_a.dtype), lse.t().contiguous()
+
+
+def quantize(x: torch.Tensor, scale: torch.Tensor | float | None, dtype: torch.dtype) -> torch.Tensor:
+    """``x / scale`` (a per-tensor scale; None: 1) in a cache's ``dtype``. FP8 values saturate
+    to the format's finite range, as vLLM's cache writes do: without it e5m2 rounds values
+    past 57344 (and +-inf) to +-inf, which attention turns into NaN."""
+    x = x.float()
+    if scale is not None:
+        x = x / (scale.float().reshape(-1)[0] if isinstance(scale, torch.Tensor) else scale)
+    if dtype in FP8_DTYPES:
+        top = torch.finfo(dtype).max
+        x = x.clamp(-top, top)
+    return x.to(dtype)
+
+
+def write_kv_reference(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                       v_cache: torch.Tensor, slot_mapping: torch.Tensor,
+                       k_scale: torch.Tensor | float | None,
+                       v_scale: torch.Tensor | float | None) -> None:
+    """The KV-cache write in PyTorch (see ``ops.write_kv_cache``)."""
+    slots = slot_mapping[: k.shape[0]].long()
+    keep = slots >= 0
+    page_size = k_cache.shape[1]
+    pages, offs = slots[keep] // page_size, slots[keep] % page_size
+    for src, cache, scale in ((k, k_cache, k_scale), (v, v_cache, v_scale)):
+        cache[pages, offs] = quantize(src[keep], scale, cache.dtype)

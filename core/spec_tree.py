@@ -90,7 +90,7 @@ def build_token_table_plan(seqused_k: torch.Tensor, table: torch.Tensor, *,
     cu_q = uniform_cu_seqlens(seqused_k.shape[0], 1, seqused_k.device)
     return build_plan(cu_q, seqused_k, max_seqlen_q=1, max_seqlen_k=table.shape[1],
                       page_table=table, num_kv_heads=num_kv_heads,
-                      deterministic=deterministic, page_size=1)
+                      deterministic=deterministic, page_size=1, total_q=seqused_k.shape[0])
 
 
 def tree_token_table(custom_mask: torch.Tensor, prefix_lens: torch.Tensor,

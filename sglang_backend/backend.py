@@ -61,7 +61,8 @@ class AnyAttnBackend(AttentionBackend):
             num_kv_heads=self.num_kv_heads, deterministic=self.deterministic,
             topk=topk if topk is not None else int(spec.speculative_eagle_topk or 0),
             num_draft_tokens=int(spec.speculative_num_draft_tokens or 0),
-            num_steps=speculative_num_steps, step_id=speculative_step_id))
+            num_steps=speculative_num_steps, step_id=speculative_step_id,
+            num_slots=pool.size + pool.page_size))
         self.graph: GraphStepPlans | None = None
         self.forward_metadata: StepMetadata | None = None
 

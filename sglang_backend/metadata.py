@@ -44,7 +44,8 @@ class StepMetadata:
 @dataclass(frozen=True)
 class EngineShape:
     """The engine constants the plans need (``topk`` / ``num_draft_tokens``: the server's
-    EAGLE settings, 0 when unset; ``step_id``: the draft step this backend runs)."""
+    EAGLE settings, 0 when unset; ``step_id``: the draft step this backend runs;
+    ``num_slots``: the KV pool's token slots, padding page included, when known)."""
 
     req_to_token: torch.Tensor
     page_size: int
@@ -55,6 +56,7 @@ class EngineShape:
     num_draft_tokens: int
     num_steps: int
     step_id: int
+    num_slots: int | None = None
 
 
 class StepPlanner:
@@ -92,7 +94,19 @@ class StepPlanner:
             if "draft" in plans:
                 raise NotImplementedError("anyattn: speculative decoding of encoder-decoder models")
             plans["cross"] = self._cross(fb, q_lens, max_q, graph)
+        self._validate(plans)
         return plans
+
+    def _validate(self, plans: dict[str, AttnPlan]) -> None:
+        """Refuse a bad batch before any layer writes the pool: each plan's lengths, table
+        width and slots (or pages) against the pool, where reading them is free (CPU tensors)
+        or under ``ANYATTN_DEBUG=1`` (:func:`anyattn.core.checks.validate_plan`). The main
+        plan's queries are the last of its keys, except a cascade's prefix rows."""
+        slots = self.engine.num_slots
+        for role, plan in plans.items():
+            checks.validate_plan(
+                plan, positional=role == "main" and "draft" not in plans,
+                num_pages=None if slots is None else slots // plan.page_size)
 
     # -- building blocks -----------------------------------------------------------------
     def _key_bound(self, fb, graph: bool, extra: int = 0) -> int:
@@ -106,11 +120,12 @@ class StepPlanner:
     def _plan(self, q_lens: torch.Tensor | int, seqused_k: torch.Tensor, table: torch.Tensor,
               max_q: int, max_k: int, page_size: int) -> AttnPlan:
         rows = seqused_k.shape[0]
-        cu_q = uniform_cu_seqlens(rows, q_lens, seqused_k.device) if isinstance(q_lens, int) \
-            else cu_seqlens(q_lens)
+        uniform = isinstance(q_lens, int)
+        cu_q = uniform_cu_seqlens(rows, q_lens, seqused_k.device) if uniform else cu_seqlens(q_lens)
         return build_plan(cu_q, seqused_k.to(torch.int32), max_seqlen_q=max_q, max_seqlen_k=max_k,
                           page_table=table.to(torch.int32), num_kv_heads=self.engine.num_kv_heads,
-                          deterministic=self.engine.deterministic, page_size=page_size)
+                          deterministic=self.engine.deterministic, page_size=page_size,
+                          total_q=rows * q_lens if uniform else None)
 
     def _rows(self, fb, width: int, offset: torch.Tensor | None = None) -> torch.Tensor:
         return token_table_rows(self.engine.req_to_token, fb.req_pool_indices[: fb.batch_size],

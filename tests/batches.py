@@ -57,7 +57,7 @@ def paged_batch(q_lens: list[int], k_lens: list[int], *, hq: int, hk: int, d: in
     plan = build_plan(cu_seqlens(torch.tensor(q_lens)), torch.tensor(k_lens, dtype=torch.int32),
                       max_seqlen_q=max(q_lens + [0]), max_seqlen_k=max(k_lens + [0]),
                       page_table=page_table, num_kv_heads=hk, num_splits=num_splits,
-                      deterministic=deterministic)
+                      deterministic=deterministic, total_q=sum(q_lens))
     to = dict(device=device)
     plan = plan_to(plan, device)
     return Batch(q.to(dtype=dtype, **to), k_cache.to(dtype=dtype, **to),

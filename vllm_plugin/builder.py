@@ -26,6 +26,7 @@ from vllm.v1.attention.backend import (AttentionCGSupport, AttentionMetadataBuil
 from vllm.v1.kv_cache_interface import (AttentionSpec, CrossAttentionSpec,
                                         EncoderOnlyAttentionSpec)
 
+from anyattn.core import checks
 from anyattn.core import spans as core_spans
 from anyattn.core.builders import build_plan
 from anyattn.core.graph import GraphPlanBuffers
@@ -43,8 +44,10 @@ logger = init_logger("vllm.anyattn")
 @dataclass
 class AnyAttnMetadata:
     plan: AttnPlan
-    # Rows of q/k/v/output this step owns; vLLM may pad the token dimension past them.
-    num_actual_tokens: int
+    # Rows of q/k/v/output this step's requests own (query_start_loc_cpu[num_reqs]): what
+    # the impl computes. vLLM may pad the token dimension past them (num_actual_tokens) and
+    # ignores the padding rows' output.
+    num_query_rows: int
     # The plan's span table while this metadata's layers apply it. TRITON_ATTN's name:
     # Gemma-4 sets it to None on its full-attention layers' metadata each step
     # (Gemma4ForConditionalGeneration._clear_mm_prefix_for_full_attn_layers), which then
@@ -115,6 +118,7 @@ class AnyAttnMetadataBuilder(AttentionMetadataBuilder[AnyAttnMetadata]):
         if isinstance(cm.causal, torch.Tensor):
             raise ValueError("anyattn: per-request causal flags (CommonAttentionMetadata."
                              "causal as a tensor) are not supported")
+        rows = self._check_step(cm)
         spans = self._spans(cm)
         if self.encoder_only:
             # No cache: every sequence attends its own new keys, which sit in the same
@@ -122,7 +126,7 @@ class AnyAttnMetadataBuilder(AttentionMetadataBuilder[AnyAttnMetadata]):
             plan = build_plan(cm.query_start_loc, None, max_seqlen_q=cm.max_query_len,
                               max_seqlen_k=cm.max_seq_len, cu_seqlens_k=cm.query_start_loc,
                               num_kv_heads=self.num_kv_heads, deterministic=self.deterministic,
-                              workload=self.workload)
+                              workload=self.workload, total_q=rows, total_k=rows)
         elif self._fits_graph(cm):
             # Same storage for every step of this batch size, so a captured graph replays
             # with this step's lengths and pages. vLLM pads requests with q_len 0, seq_len 0.
@@ -133,9 +137,38 @@ class AnyAttnMetadataBuilder(AttentionMetadataBuilder[AnyAttnMetadata]):
             plan = build_plan(cm.query_start_loc, cm.seq_lens, max_seqlen_q=cm.max_query_len,
                               max_seqlen_k=cm.max_seq_len, page_table=cm.block_table_tensor,
                               num_kv_heads=self.num_kv_heads, deterministic=self.deterministic,
-                              workload=self.workload, spans=spans)
-        return AnyAttnMetadata(plan=plan, num_actual_tokens=cm.num_actual_tokens,
-                               mm_prefix_range_tensor=plan.spans)
+                              workload=self.workload, spans=spans, total_q=rows)
+        if not self.encoder_only:
+            # Before any layer writes its cache: refused here, a bad step touches nothing.
+            checks.validate_plan(plan, positional=cm.causal, num_pages=self._cache_pages(),
+                                 page_size=self.page_size)
+        return AnyAttnMetadata(plan=plan, num_query_rows=rows, mm_prefix_range_tensor=plan.spans)
+
+    def _check_step(self, cm: CommonAttentionMetadata) -> int:
+        """The step's host facts: query offsets from ``query_start_loc_cpu`` (first entry 0,
+        non-decreasing) and, for causal layers, ``seq_lens_cpu_upper_bound`` no shorter than
+        the queries. Returns the rows the requests own. The device values (``seq_lens``, the
+        block table) are checked from the plan where reading them is free
+        (:func:`anyattn.core.checks.validate_plan`)."""
+        starts = cm.query_start_loc_cpu[: cm.num_reqs + 1]
+        q_lens = starts[1:] - starts[:-1]
+        checks.expect(int(starts[0]) == 0 and bool((q_lens >= 0).all()),
+                      lambda: "query_start_loc: expected non-decreasing offsets from 0, got "
+                      f"{starts.tolist()[:8]}")
+        bound = cm.seq_lens_cpu_upper_bound
+        if cm.causal and bound is not None:
+            short = (bound[: cm.num_reqs] < q_lens).nonzero()
+            checks.expect(short.numel() == 0, lambda: f"seq_lens: request {int(short[0])} has "
+                          f"{int(q_lens[short[0]])} queries but at most "
+                          f"{int(bound[short[0]])} keys (causal: q_len <= seq_len)")
+        return int(starts[-1])
+
+    def _cache_pages(self) -> int | None:
+        """Pages in this group's KV cache, from its first layer's bound cache (as vLLM's own
+        ROCm backend sizes its scales); None before the caches are bound."""
+        layer = self.vllm_config.compilation_config.static_forward_context.get(self.layer_names[0])
+        cache = getattr(layer, "kv_cache", None)
+        return cache.shape[0] if isinstance(cache, torch.Tensor) and cache.numel() else None
 
     def _spans(self, cm: CommonAttentionMetadata) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The step's span table from ``mm_req_doc_ranges`` (None: no image tokens here).

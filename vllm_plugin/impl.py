@@ -80,7 +80,7 @@ class AnyAttnImpl(AttentionImpl[AnyAttnMetadata]):
             raise NotImplementedError("anyattn: fused output quantization is not supported")
         if attn_metadata is None:
             return output  # profiling run: no plan and no cache to read
-        n = attn_metadata.num_actual_tokens
+        n = attn_metadata.num_query_rows
         params = self._step_params(layer, attn_metadata)
         if self.alibi_slopes is not None and self.alibi_slopes.device != query.device:
             # Built at init, where vLLM's device context decides the device; moved once, on

@@ -84,7 +84,7 @@ def _alibi_term(alibi, q_pos, start_n, BLOCK_N: tl.constexpr, ANY_SIDE: tl.const
 
 @triton.jit
 def _attn_tiles(
-    m_i, l_i, acc, q, K, V, PageTable, b, kvh, k_start, start, stop, gap_at, gap_len,
+    m_i, l_i, acc, q, K, V, PageTable, num_pages, b, kvh, k_start, start, stop, gap_at, gap_len,
     gap2_at, gap2_len, row_ok, tok, head, q_start, q_pos, scale, softcap, window_left, window_right,
     chunk_size, stride_kp, stride_ks, stride_kh, stride_kd, stride_vp, stride_vs, stride_vh,
     stride_vd, stride_pt, Mask, MaskStart, stride_mr, stride_mh, stride_mc, mask_cols,
@@ -181,6 +181,9 @@ def _attn_tiles(
                     page = tl.load(PageTable + b * stride_pt + page_idx, mask=n_ok, other=0)
                 else:
                     page = tl.load(PageTable + b * stride_pt + page_idx)
+                # A bad page id stays inside the cache (two integer ops per key of the tile:
+                # the only work the bounds add inside the loop).
+                page = tl.minimum(tl.maximum(page, 0), num_pages - 1)
                 k_row = page.to(tl.int64) * stride_kp + slot * stride_ks
                 v_row = page.to(tl.int64) * stride_vp + slot * stride_vs
             else:
@@ -245,7 +248,8 @@ def _attn_fwd(
     CuSeqQ, SeqUsedK, PageTable, CuSeqK, Sinks, KDescale, VDescale,
     Mask, MaskStart, stride_mr, stride_mh, stride_mc, mask_cols,
     Bias, BiasStart, stride_br, stride_bh, stride_bc, bias_cols,
-    KeyTerm, KeyStart, stride_th, Spans, SpanCounts, stride_sb, stride_ss, AlibiSlopes,
+    KeyTerm, KeyStart, stride_th, Spans, SpanCounts, stride_sb, stride_ss, max_spans,
+    AlibiSlopes, stride_alibi, stride_sink, total_q, total_k, max_pages, num_pages,
     qk_scale, softcap, window_left, window_right, chunk_size,
     stride_qt, stride_qh, stride_qd,
     stride_kp, stride_ks, stride_kh, stride_kd,
@@ -272,12 +276,20 @@ def _attn_fwd(
     b = pid_bh // NUM_KV_HEADS
     kvh = pid_bh % NUM_KV_HEADS
 
-    q_start = tl.load(CuSeqQ + b)
-    q_len = tl.load(CuSeqQ + b + 1) - q_start
+    # Whatever the plan says, rows stay inside q/out ([0, total_q)) and keys inside the cache:
+    # the page table's row (max_pages columns) or k's rows ([0, total_k)). Prologue clamps
+    # only; a bad plan gives wrong rows (checks.py refuses it where it can), never a stray read.
+    q_start = tl.minimum(tl.maximum(tl.load(CuSeqQ + b), 0), total_q)
+    q_len = tl.minimum(tl.load(CuSeqQ + b + 1), total_q) - q_start
     if pid_m * BLOCK_M >= q_len * GROUP:
         return
     k_len = tl.load(SeqUsedK + b)
     k_start = tl.load(CuSeqK + b)  # contiguous keys only; paged launches pass a dummy
+    if PAGED:
+        k_len = tl.minimum(k_len, max_pages * PAGE_SIZE)
+    else:
+        k_start = tl.minimum(tl.maximum(k_start, 0), total_k)
+        k_len = tl.minimum(k_len, total_k - k_start)
 
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     tok = rows // GROUP
@@ -318,21 +330,23 @@ def _attn_fwd(
     if HAS_SPANS:
         # Rows inside a span also visit its keys: past the diagonal (up to the span's end),
         # and before a window's left edge unless the span is kept inside the window.
-        span_lo, span_hi = _row_spans(Spans + b * stride_sb, tl.load(SpanCounts + b), q_pos,
+        span_lo, span_hi = _row_spans(Spans + b * stride_sb,
+                                      tl.minimum(tl.load(SpanCounts + b), max_spans), q_pos,
                                       stride_ss)
         in_span = row_ok & (span_hi > span_lo)
         first = span_lo
         if SPANS_IN_WINDOW:
             first = tl.where(window_left >= 0, tl.maximum(span_lo, q_pos - window_left), span_lo)
         if HAS_WINDOW or HAS_CHUNK:  # otherwise lo is 0 already
-            lo = tl.minimum(lo, tl.min(tl.where(in_span, first, k_len), 0))
+            lo = tl.maximum(tl.minimum(lo, tl.min(tl.where(in_span, first, k_len), 0)), 0)
         hi = tl.maximum(hi, tl.minimum(tl.max(tl.where(in_span, span_hi, 0), 0), k_len))
     else:
         span_lo = tl.zeros_like(q_pos)
         span_hi = span_lo
     if HAS_ALIBI:
         # -slope in raw score units: the kernel scales raw scores by ``scale`` later.
-        alibi = -tl.load(AlibiSlopes + head, mask=row_ok, other=0.0).to(tl.float32) / scale
+        alibi = -tl.load(AlibiSlopes + head * stride_alibi, mask=row_ok,
+                         other=0.0).to(tl.float32) / scale
     else:
         alibi = tl.zeros([BLOCK_M], tl.float32)
     lo = tl.multiple_of((lo // BLOCK_N) * BLOCK_N, BLOCK_N)
@@ -378,7 +392,7 @@ def _attn_fwd(
     masked_lo = lo if HAS_WINDOW else bulk_hi
     for part in tl.static_range(2):  # the unmasked bulk, then the masked edges
         m_i, l_i, acc = _attn_tiles(
-            m_i, l_i, acc, q, K, V, PageTable, b, kvh, k_start,
+            m_i, l_i, acc, q, K, V, PageTable, num_pages, b, kvh, k_start,
             bulk_lo if part == 0 else masked_lo, span_bulk_hi if part == 0 else hi,
             bulk_hi if part == 0 else bulk_lo,
             span_bulk_lo - bulk_hi if part == 0 else bulk_hi - bulk_lo,
@@ -396,7 +410,8 @@ def _attn_fwd(
 
     if HAS_SINKS:
         # The sink is one more logit with no value; it joins only split 0's denominator.
-        sink = tl.load(Sinks + head, mask=row_ok, other=float("-inf")).to(tl.float32) * 1.4426950408889634
+        sink = tl.load(Sinks + head * stride_sink, mask=row_ok,
+                       other=float("-inf")).to(tl.float32) * 1.4426950408889634
         sink = tl.where(pid_s == 0, sink, float("-inf"))
         m_new = tl.maximum(m_i, sink)
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -512,8 +527,12 @@ def run_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     else:
         term_args = (dummy, dummy, 0)
     spans = core_spans.applies(plan, params)
-    span_args = ((plan.spans, plan.span_counts, plan.spans.stride(0), plan.spans.stride(1))
-                 if spans else (dummy, dummy, 0, 0))
+    span_args = ((plan.spans, plan.span_counts, plan.spans.stride(0), plan.spans.stride(1),
+                  plan.spans.shape[1]) if spans else (dummy, dummy, 0, 0, 0))
+    # Bounds the kernel clamps a bad plan to (an empty cache: no keys at all).
+    rows_k = k_cache.shape[0]
+    bounds = (total_q, rows_k, plan.page_table.shape[1] if plan.paged and rows_k else 0,
+              max(rows_k, 1))
     grid = (triton.cdiv(plan.max_seqlen_q * group, cfg["BLOCK_M"]), plan.batch_size * hk, splits)
     _attn_fwd[grid](
         q, k_cache, v_cache, o_part, l_part,
@@ -523,6 +542,8 @@ def run_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         v_descale if v_descale is not None else dummy,
         *_layout_args(mask, dummy), *_layout_args(bias, dummy), *term_args, *span_args,
         alibi_slopes if alibi_slopes is not None else dummy,
+        alibi_slopes.stride(0) if alibi_slopes is not None else 0,
+        sinks.stride(0) if sinks is not None else 0, *bounds,
         params.softmax_scale, params.softcap or 1.0,
         params.window_left, params.window_right, max(params.chunk_size, 1),
         *q.stride(), kp, ks, kh, kd, vp, vs, vh, vd,

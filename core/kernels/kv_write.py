@@ -6,22 +6,24 @@ import triton
 import triton.language as tl
 
 from ..checks import FP8_DTYPES
+from ..reference import quantize
 from .attention import interpreting
 
 
 @triton.jit
 def _kv_write_kernel(
-    Kn, Vn, KC, VC, Slots, KScale, VScale,
+    Kn, Vn, KC, VC, Slots, KScale, VScale, num_slots,
     stride_knt, stride_knh, stride_knd, stride_vnt, stride_vnh, stride_vnd,
     stride_kcp, stride_kcs, stride_kch, stride_kcd,
     stride_vcp, stride_vcs, stride_vch, stride_vcd,
     PAGE_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, HAS_SCALE: tl.constexpr,
+    FP8_MAX: tl.constexpr,
 ):
     t = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     slot = tl.load(Slots + t).to(tl.int64)
-    if slot < 0:  # padding token
+    if (slot < 0) | (slot >= num_slots):  # padding token (or a bad slot: never stored)
         return
     page = slot // PAGE_SIZE
     off = slot % PAGE_SIZE
@@ -34,6 +36,9 @@ def _kv_write_kernel(
     if HAS_SCALE:
         k = k.to(tl.float32) / tl.load(KScale)
         v = v.to(tl.float32) / tl.load(VScale)
+    if FP8_MAX > 0:  # saturate to the fp8 format's finite range (vLLM's cache writes do)
+        k = tl.clamp(k.to(tl.float32), -FP8_MAX, FP8_MAX)
+        v = tl.clamp(v.to(tl.float32), -FP8_MAX, FP8_MAX)
     tl.store(KC + page * stride_kcp + off * stride_kcs + h * stride_kch + offs_d * stride_kcd,
              k.to(KC.dtype.element_ty), mask=offs_d < HEAD_DIM)
     tl.store(VC + page * stride_vcp + off * stride_vcs + h * stride_vch + offs_dv * stride_vcd,
@@ -46,13 +51,6 @@ def _scale_tensor(scale: torch.Tensor | float | None, device: torch.device) -> t
     return torch.tensor([1.0 if scale is None else float(scale)], device=device)
 
 
-def _quantize(x: torch.Tensor, scale: torch.Tensor | float | None, dtype: torch.dtype) -> torch.Tensor:
-    x = x.float()
-    if scale is not None:
-        x = x / (scale.float().reshape(-1)[0] if isinstance(scale, torch.Tensor) else scale)
-    return x.to(dtype)
-
-
 def run_kv_write(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                  slot_mapping: torch.Tensor, k_scale: torch.Tensor | float | None,
                  v_scale: torch.Tensor | float | None) -> None:
@@ -63,15 +61,16 @@ def run_kv_write(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cach
     if interpreting() and k_cache.dtype in FP8_DTYPES:
         # triton 3.9's interpreter drops the rounding carry in fp32 -> fp8 (1.96 -> 1.0):
         # quantise with torch there; the compiled kernel converts in-register.
-        k, v = _quantize(k, k_scale, k_cache.dtype), _quantize(v, v_scale, v_cache.dtype)
+        k, v = quantize(k, k_scale, k_cache.dtype), quantize(v, v_scale, v_cache.dtype)
         k_scale = v_scale = None
     has_scale = k_scale is not None or v_scale is not None
     ks = _scale_tensor(k_scale, k.device) if has_scale else slot_mapping
     vs = _scale_tensor(v_scale, k.device) if has_scale else slot_mapping
     _kv_write_kernel[(n, hk)](
-        k, v, k_cache, v_cache, slot_mapping, ks, vs,
+        k, v, k_cache, v_cache, slot_mapping, ks, vs, k_cache.shape[0] * k_cache.shape[1],
         *k.stride(), *v.stride(), *k_cache.stride(), *v_cache.stride(),
         PAGE_SIZE=k_cache.shape[1], HEAD_DIM=d, HEAD_DIM_V=dv,
         BLOCK_D=triton.next_power_of_2(d), BLOCK_DV=triton.next_power_of_2(dv),
         HAS_SCALE=has_scale, num_warps=1,
+        FP8_MAX=torch.finfo(k_cache.dtype).max if k_cache.dtype in FP8_DTYPES else 0.0,
     )

@@ -19,8 +19,8 @@ from vllm.v1.kv_cache_interface import CrossAttentionSpec, EncoderOnlyAttentionS
 
 from anyattn.vllm_plugin import BACKEND_PATH, backend_enum_member, selected_name
 from anyattn.vllm_plugin.backend import AnyAttnBackend
-from steps import (CASES, D, HK, HQ, PAGE, SCALE, Batch, kv_cache, layer, make_builder,
-                   make_impl, oracle, run_step, span_batch, span_expected)
+from steps import (CASES, D, HK, HQ, NUM_BLOCKS, PAGE, SCALE, Batch, kv_cache, layer,
+                   make_builder, make_impl, oracle, run_step, span_batch, span_expected)
 
 
 @pytest.mark.parametrize("layout", ["NHD", "HND"])
@@ -31,7 +31,7 @@ def test_step_matches_oracle(vllm_config, core_path, case, layout):
     untouched = cache.clone()
     meta, out = run_step(make_builder(vllm_config), make_impl(vllm_config), batch, cache)
     n = sum(batch.q_lens)
-    assert meta.num_actual_tokens == batch.cm.num_actual_tokens
+    assert meta.num_query_rows == n  # vLLM's padding tokens (pad_tokens) are not computed
     torch.testing.assert_close(out[:n], batch.expected(), atol=2e-4, rtol=2e-4)
     # Padding slots (-1) wrote nothing: only the new tokens' slots changed.
     changed = (cache != untouched).any(-1).any(1).reshape(-1)  # [blocks * page] slots
@@ -248,6 +248,43 @@ def test_bad_mm_ranges_are_refused_before_any_cache_write(vllm_config, ranges, m
     before = cache.clone()
     prefix = r"mm_req_doc_ranges \(as \[start, end \+ 1\)\): .*"
     with pytest.raises(ValueError, match=prefix + match):
+        run_step(make_builder(vllm_config), make_impl(vllm_config), batch, cache)
+    assert torch.equal(cache, before)
+
+
+def _narrow_table(batch):
+    batch.cm.block_table_tensor = batch.block_table[:, :2]  # request 2 has 97 keys: 7 pages
+
+
+def _page_past_cache(batch):
+    batch.block_table[2, 1] = NUM_BLOCKS + 3  # a cached page of request 2
+
+
+def _seq_lens_below_queries(batch):  # request 2 has 50 queries
+    batch.cm.seq_lens[2] = batch.cm.seq_lens_cpu_upper_bound[2] = 10
+
+
+def _device_seq_lens_below_queries(batch):  # the host bound is right, the device value not
+    batch.cm.seq_lens[2] = 10
+
+
+@pytest.mark.parametrize("case,corrupt,match", [
+    ("decode", _narrow_table, "page_table: 2 columns, but seqused_k needs 7"),
+    ("decode", _page_past_cache, rf"page_table: entries must lie in \[0, {NUM_BLOCKS}\)"),
+    ("mixed", _seq_lens_below_queries, "seq_lens: request 2 has 50 queries but at most 10 keys"),
+    ("mixed", _device_seq_lens_below_queries, "q_len > k_len for sequence 2"),
+])
+def test_bad_step_is_refused_by_the_builder_before_any_cache_write(vllm_config, monkeypatch,
+                                                                   case, corrupt, match):
+    """These used to fail in forward, after do_kv_cache_update had written the cache."""
+    cache = kv_cache("NHD")
+    # Where vLLM binds each layer's cache (the builder reads its page count there).
+    monkeypatch.setitem(vllm_config.compilation_config.static_forward_context, "layer.0",
+                        SimpleNamespace(kv_cache=cache))
+    batch = Batch(cache=cache, **CASES[case])
+    corrupt(batch)
+    before = cache.clone()
+    with pytest.raises(ValueError, match=match):
         run_step(make_builder(vllm_config), make_impl(vllm_config), batch, cache)
     assert torch.equal(cache, before)
 
