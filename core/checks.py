@@ -188,8 +188,9 @@ def check_lengths(plan: AttnPlan, q: torch.Tensor, k_cache: torch.Tensor,
     check_plan_values(plan, positional=params.positional, num_pages=num_pages,
                       page_size=k_cache.shape[1] if plan.paged else 1)
     total_q = int(plan.cu_seqlens_q[-1])
-    expect(q.shape[0] == total_q,
-           lambda: f"q: expected {total_q} rows (cu_seqlens_q[-1]), got {q.shape[0]}")
+    expect(q.shape[0] == total_q or (plan.pad_rows and q.shape[0] > total_q),
+           lambda: f"q: expected {total_q} rows (cu_seqlens_q[-1])"
+           f"{' or more (padding rows)' if plan.pad_rows else ''}, got {q.shape[0]}")
     if not plan.paged:
         starts = plan.cu_seqlens_k.cpu()[:-1].long()
         k_lens = plan.seqused_k.cpu().long()

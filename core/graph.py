@@ -59,7 +59,7 @@ class GraphPlanBuffers:
                 seqused_k=self.seqused_k[:batch_size], max_seqlen_q=self.max_seqlen_q,
                 max_seqlen_k=self.max_seqlen_k, page_table=self.page_table[:batch_size],
                 num_splits=self.num_splits(batch_size), deterministic=self.deterministic,
-                page_size=self.page_size,
+                page_size=self.page_size, pad_rows=True,
                 spans=None if self.spans is None else self.spans[:batch_size],
                 span_counts=None if self.spans is None else self.span_counts[:batch_size])
             if self.workload is not None:

@@ -33,7 +33,13 @@ class AttnPlan:
     ``total_q`` / ``total_k``: ``cu_seqlens_q[-1]`` / ``cu_seqlens_k[-1]`` when the builder knows
     them on the host (built from host lengths), else None. Every call checks q's rows (and
     contiguous keys' rows) against them without a device read; ``cu_seqlens_q[0]`` is 0 for
-    every plan anyattn's builders make.
+    every plan anyattn's builders make. A plan copied with new offsets
+    (``dataclasses.replace``) takes new totals too.
+
+    ``pad_rows``: q may hold rows past ``cu_seqlens_q[-1]``, an engine's padding tokens
+    (CUDA-graph plans, :class:`anyattn.core.graph.GraphPlanBuffers`, whose padding sequences
+    own no rows); those output rows are not written. Otherwise q's rows must be exactly
+    ``cu_seqlens_q[-1]``.
     """
 
     cu_seqlens_q: torch.Tensor
@@ -50,6 +56,7 @@ class AttnPlan:
     span_counts: torch.Tensor | None = None
     total_q: int | None = None
     total_k: int | None = None
+    pad_rows: bool = False
     schedules: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property

@@ -291,3 +291,19 @@ def test_kernel_contiguous_keys_stay_inside_k():
                       cu_seqlens_k=torch.tensor([-5, 9, 35], **ints), num_kv_heads=2)
     out = _launch(q, store[:29], store[:29], plan, None)
     assert bool(out.isfinite().all()), "read a key outside k"
+
+
+def test_graph_plans_take_padding_rows_but_not_fewer_rows(impl):
+    """A CUDA-graph plan's q may carry the engine's padding tokens past cu_seqlens_q[-1]."""
+    from anyattn.core.graph import GraphPlanBuffers
+
+    b = _batch(DEVICE)
+    bufs = GraphPlanBuffers(4, 8, max_seqlen_q=2, page_size=4, num_kv_heads=2, device=DEVICE)
+    plan = bufs.update(2, cu_seqlens_q=b.plan.cu_seqlens_q, seqused_k=b.plan.seqused_k,
+                       page_table=b.plan.page_table)
+    padded = torch.cat([b.q, torch.zeros_like(b.q)])
+    got = ops.attention(padded, b.k_cache, b.v_cache, plan, P)[:3]
+    torch.testing.assert_close(got, reference_path(b.q, b.k_cache, b.v_cache, b.plan, P),
+                               atol=2e-2 if DEVICE == "cuda" else 1e-4, rtol=1e-2)
+    _expect(r"q: expected 3 rows \(cu_seqlens_q\[-1\]\) or more \(padding rows\), got 2",
+            lambda: ops.attention(b.q[:2], b.k_cache, b.v_cache, plan, P))

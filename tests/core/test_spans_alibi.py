@@ -104,7 +104,8 @@ def test_span_split_across_chunked_prefill_steps():
         step = span_lib.step_spans([image], [q_len], [k_len])
         plan = dataclasses.replace(
             batch.plan, cu_seqlens_q=batch.plan.cu_seqlens_q.new_tensor([0, q_len]),
-            seqused_k=batch.plan.seqused_k.new_tensor([k_len]), max_seqlen_q=q_len)
+            seqused_k=batch.plan.seqused_k.new_tensor([k_len]), max_seqlen_q=q_len,
+            total_q=q_len)
         q = batch.q[k_len - q_len:k_len]
         sub = dataclasses.replace(batch, q=q)
         check(sub, with_spans(plan, step, [k_len]), params, [q_len], [k_len], step)
