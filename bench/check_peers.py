@@ -36,9 +36,9 @@ def main() -> int:
         warnings.filterwarnings("ignore", category=RuntimeWarning)
     import torch
 
-    from anyattn.core.builders import build_plan, cu_seqlens
-    from anyattn.core.params import AttnParams
-    from anyattn.core.reference import reference_attention
+    from anyattn.core import build_plan, cu_seqlens
+    from anyattn.core.semantics.params import AttnParams
+    from anyattn.core.semantics.reference import reference_attention
     from peers import VLLM_UNIFIED, load_vllm_unified, vllm_unified_call
 
     kernel, why = load_vllm_unified()
@@ -59,7 +59,7 @@ def main() -> int:
         params = AttnParams(softmax_scale=D ** -0.5)
         plan = build_plan(cu_seqlens(torch.tensor(q_lens)), torch.tensor(k_lens, dtype=torch.int32),
                           max_seqlen_q=max(q_lens), max_seqlen_k=max(k_lens), page_table=table,
-                          num_kv_heads=HK)
+                          page_size=PAGE, num_kv_heads=HK)
         ref, _ = reference_attention(q, k, v, plan, params)
         dev = torch.device(args.device)
         q, k, v, table = (t.to(dev) for t in (q, k, v, table))

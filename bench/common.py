@@ -8,7 +8,7 @@ import sys
 import torch
 import triton
 
-from anyattn.core.builders import build_plan, cu_seqlens
+from anyattn.core import build_plan, cu_seqlens
 
 
 def paged_cache(k_lens: list[int], hk: int, d: int, page: int, dtype=torch.bfloat16, seed: int = 0):
@@ -27,11 +27,12 @@ def paged_cache(k_lens: list[int], hk: int, d: int, page: int, dtype=torch.bfloa
     return k, v, table
 
 
-def plan_for(q_lens: list[int], k_lens: list[int], table: torch.Tensor, hk: int, **kw):
+def plan_for(q_lens: list[int], k_lens: list[int], table: torch.Tensor, hk: int, page: int,
+             **kw):
     return build_plan(cu_seqlens(torch.tensor(q_lens, device="cuda")),
                       torch.tensor(k_lens, dtype=torch.int32, device="cuda"),
                       max_seqlen_q=max(q_lens), max_seqlen_k=max(k_lens), page_table=table,
-                      num_kv_heads=hk, **kw)
+                      page_size=page, num_kv_heads=hk, **kw)
 
 
 ANYATTN_IMPLS = {"auto": "anyattn auto (paged)", "triton": "anyattn triton (paged)"}
@@ -42,14 +43,14 @@ def anyattn_call(choice: str, q: torch.Tensor, k_cache: torch.Tensor, v_cache: t
                  call_kw: dict | None = None, **plan_kw):
     """``(run, provider)``: anyattn on its own plan with ``ANYATTN_KERNELS=choice``; the plan
     picks its kernels on the first call, made here. ``call_kw`` go to every
-    ``ops.attention`` call (``alibi_slopes``), ``plan_kw`` to ``build_plan`` (``spans``)."""
-    from anyattn.core import ops
+    ``core.attention`` call (``alibi_slopes``), ``plan_kw`` to ``build_plan`` (``spans``)."""
+    from anyattn import core
 
     previous = os.environ.get("ANYATTN_KERNELS")
     os.environ["ANYATTN_KERNELS"] = choice
     try:
-        plan = plan_for(q_lens, k_lens, table, k_cache.shape[2], **plan_kw)
-        run = lambda: ops.attention(q, k_cache, v_cache, plan, params, out=out,  # noqa: E731
+        plan = plan_for(q_lens, k_lens, table, k_cache.shape[2], k_cache.shape[1], **plan_kw)
+        run = lambda: core.attention(q, k_cache, v_cache, plan, params, out=out,  # noqa: E731
                                     **(call_kw or {}))
         run()
     finally:
@@ -58,7 +59,7 @@ def anyattn_call(choice: str, q: torch.Tensor, k_cache: torch.Tensor, v_cache: t
         else:
             os.environ["ANYATTN_KERNELS"] = previous
     (sched,) = plan.schedules.values()
-    return run, sched.provider, plan
+    return run, sched.provider.name, plan
 
 
 def middle_span(batch: int, seq: int, span: int) -> tuple[dict, dict]:
@@ -66,7 +67,7 @@ def middle_span(batch: int, seq: int, span: int) -> tuple[dict, dict]:
     ``seq`` tokens: anyattn's plan kwargs (``spans``) and vLLM's Triton kernel kwargs
     (``mm_prefix_range``: ``[B, max_ranges, 2]`` int32, end inclusive, as
     ``compute_mm_prefix_range_tensor`` builds it)."""
-    from anyattn.core.spans import span_table
+    from anyattn.core.semantics.spans import span_table
 
     start = seq // 2 - span // 2
     spans = span_table([[(start, start + span)]] * batch, "cuda")

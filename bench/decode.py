@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from anyattn.core.params import AttnParams
+from anyattn.core.semantics.params import AttnParams
 
 from common import (ANYATTN_IMPLS, anyattn_call, emit, emit_timed, gather_dense, graphed,
                     markdown, paged_cache, time_ms)

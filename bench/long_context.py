@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from anyattn.core import ops
-from anyattn.core.params import AttnParams
+from anyattn import core
+from anyattn.core.semantics.params import AttnParams
 
 from common import emit, paged_cache, plan_for, time_ms
 
@@ -19,17 +19,17 @@ def measure(rows, tag, q_len, **kw):
     k_cache, v_cache, table = paged_cache([N], HK, D, PAGE)
     q = torch.randn(q_len, HQ, D, device="cuda", dtype=torch.bfloat16)
     out = torch.empty_like(q)
-    plan = plan_for([q_len], [N], table, HK)
+    plan = plan_for([q_len], [N], table, HK, PAGE)
     params = AttnParams(softmax_scale=D ** -0.5)
     extra = {k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
-    ops.attention(q, k_cache, v_cache, plan, params, out=out, **extra)  # compile
+    core.attention(q, k_cache, v_cache, plan, params, out=out, **extra)  # compile
     torch.cuda.synchronize()
     held = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    ops.attention(q, k_cache, v_cache, plan, params, out=out, **extra)
+    core.attention(q, k_cache, v_cache, plan, params, out=out, **extra)
     torch.cuda.synchronize()
     peak_extra = torch.cuda.max_memory_allocated() - held
-    ms = time_ms(lambda: ops.attention(q, k_cache, v_cache, plan, params, out=out, **extra))
+    ms = time_ms(lambda: core.attention(q, k_cache, v_cache, plan, params, out=out, **extra))
     flops = 4 * q_len * N * HQ * D / (2 if q_len == N else 1)
     emit(rows, bench="long_context", shape=f"{tag} 1x{N}", impl="anyattn (paged)" + (
         " + key-side mask" if "attn_mask" in kw else ""), ms=ms, tflops=flops / ms / 1e9,

@@ -13,8 +13,8 @@ import os
 
 import torch
 
-from anyattn.core import ops
-from anyattn.core.params import AttnParams
+from anyattn import core
+from anyattn.core.semantics.params import AttnParams
 
 from common import emit, graphed, markdown, paged_cache, plan_for, time_ms
 
@@ -26,7 +26,7 @@ def overhead(rows: list[dict]) -> None:
     for tag, batch, q_len, k_len in (("prefill", 4, 4096, 4096), ("decode", 64, 1, 4096)):
         k_cache, v_cache, table = paged_cache([k_len] * batch, HK, D, PAGE)
         q = torch.randn(batch * q_len, HQ, D, device="cuda", dtype=torch.bfloat16)
-        plan = plan_for([q_len] * batch, [k_len] * batch, table, HK)
+        plan = plan_for([q_len] * batch, [k_len] * batch, table, HK, PAGE)
         params = AttnParams(softmax_scale=D ** -0.5)
         total_k = batch * k_len
         mask = torch.rand(total_k, 1, device="cuda") < 0.95
@@ -36,7 +36,7 @@ def overhead(rows: list[dict]) -> None:
         for name, kw in (("none", {}), ("key-side mask", dict(attn_mask=mask)),
                          ("key-side bias", dict(attn_bias=bias)),
                          ("key-side mask+bias", dict(attn_mask=mask, attn_bias=bias))):
-            run = lambda: ops.attention(q, k_cache, v_cache, plan, params, out=out, **kw)
+            run = lambda: core.attention(q, k_cache, v_cache, plan, params, out=out, **kw)
             ms = time_ms(graphed(run) if tag == "decode" else run)
             base = base or ms
             shape = f"{tag} {batch}x{k_len}" + (" [graph]" if tag == "decode" else "")
@@ -49,12 +49,12 @@ def layout_memory(rows: list[dict]) -> None:
     k_cache, v_cache, table = paged_cache([k_len] * batch, HK, D, PAGE)
     for q_len in (1, 4, 8):
         q = torch.randn(batch * q_len, HQ, D, device="cuda", dtype=torch.bfloat16)
-        plan = plan_for([q_len] * batch, [k_len] * batch, table, HK)
+        plan = plan_for([q_len] * batch, [k_len] * batch, table, HK, PAGE)
         params = AttnParams(softmax_scale=D ** -0.5)
         key_side = torch.rand(batch * k_len, 1, device="cuda") < 0.95
         query_side = key_side.view(batch, 1, k_len).repeat_interleave(q_len, 0).contiguous()
         for name, m in (("key-side [total_k,1]", key_side), ("query-side [total_q,1,max_k]", query_side)):
-            ms = time_ms(lambda: ops.attention(q, k_cache, v_cache, plan, params, attn_mask=m))
+            ms = time_ms(lambda: core.attention(q, k_cache, v_cache, plan, params, attn_mask=m))
             emit(rows, bench="mask_layout", shape=f"{batch}x{k_len} q_len {q_len}", impl=name,
                  ms=ms, mask_bytes=m.numel() * m.element_size())
 

@@ -12,8 +12,8 @@ import time
 
 import torch
 
-from anyattn.core import checks
-from anyattn.core.params import AttnParams
+from anyattn.core.semantics import checks
+from anyattn.core.semantics.params import AttnParams
 
 from common import anyattn_call, emit, graphed, markdown, paged_cache
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from anyattn.core.params import AttnParams
+from anyattn.core.semantics.params import AttnParams
 
 from common import ANYATTN_IMPLS, anyattn_call, emit_timed, gather_dense, markdown, paged_cache
 from peers import FA3, VLLM_UNIFIED, fa3_call, fa3_or_skip, vllm_unified_call, vllm_unified_or_skip

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from anyattn.core.params import AttnParams
+from anyattn.core.semantics.params import AttnParams
 from common import anyattn_call, emit_timed, markdown, middle_span, paged_cache
 from peers import VLLM_UNIFIED, vllm_unified_call, vllm_unified_or_skip
 

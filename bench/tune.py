@@ -11,8 +11,9 @@ import itertools
 
 import torch
 
-from anyattn.core.kernels.attention import run_attention
-from anyattn.core.params import AttnParams
+from anyattn.core.providers import Call
+from anyattn.core.providers.triton.attention import run_attention
+from anyattn.core.semantics.params import AttnParams
 
 from common import emit, paged_cache, plan_for, time_ms
 
@@ -22,15 +23,15 @@ HQ, HK, D, PAGE = 32, 8, 128, 16
 def sweep(rows, tag, batch, q_len, k_len, configs, flop_or_byte):
     k_cache, v_cache, table = paged_cache([k_len] * batch, HK, D, PAGE)
     q = torch.randn(batch * q_len, HQ, D, device="cuda", dtype=torch.bfloat16)
-    plan = plan_for([q_len] * batch, [k_len] * batch, table, HK)
+    plan = plan_for([q_len] * batch, [k_len] * batch, table, HK, PAGE)
     params = AttnParams(softmax_scale=D ** -0.5)
     out = torch.empty_like(q)
     for bm, bn, w, st in configs:
         cfg = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
         try:
-            ms = time_ms(lambda: run_attention(q, k_cache, v_cache, plan, params, sinks=None,
-                                               k_descale=None, v_descale=None, out=out,
-                                               want_lse=False, cfg=cfg))
+            call = Call(q, k_cache, v_cache, plan, params, out, want_lse=False)
+            memo: dict = {}
+            ms = time_ms(lambda: run_attention(call, cfg, memo))
             emit(rows, bench=f"tune_{tag}", shape=f"{batch}x{k_len}", impl=str(cfg), ms=ms,
                  rate=flop_or_byte / ms / 1e9)
         except Exception as e:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from anyattn.core.params import AttnParams
+from anyattn.core.semantics.params import AttnParams
 
 from common import ANYATTN_IMPLS, anyattn_call, emit_timed, markdown, paged_cache
 from peers import FA3, fa3_call, fa3_or_skip

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from anyattn.core.params import AttnParams
+from anyattn.core.semantics.params import AttnParams
 from common import ANYATTN_IMPLS, anyattn_call, emit_timed, markdown, middle_span, paged_cache
 from peers import FA3, VLLM_UNIFIED, fa3_call, fa3_or_skip, vllm_unified_call, vllm_unified_or_skip
 

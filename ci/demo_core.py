@@ -15,10 +15,10 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from anyattn.core import ops  # noqa: E402
-from anyattn.core.builders import build_plan, cu_seqlens  # noqa: E402
-from anyattn.core.params import AttnParams  # noqa: E402
-from anyattn.core.reference import reference_attention  # noqa: E402
+from anyattn import core  # noqa: E402
+from anyattn.core import build_plan, cu_seqlens  # noqa: E402
+from anyattn.core.semantics.params import AttnParams  # noqa: E402
+from anyattn.core.semantics.reference import reference_attention  # noqa: E402
 
 
 def main() -> int:
@@ -40,10 +40,10 @@ def main() -> int:
     plan = build_plan(cu_seqlens(torch.tensor(q_lens)).to(device),
                       torch.tensor(k_lens, dtype=torch.int32, device=device),
                       max_seqlen_q=max(q_lens), max_seqlen_k=max(k_lens),
-                      page_table=table.to(device), num_kv_heads=hk)
+                      page_table=table.to(device), page_size=page, num_kv_heads=hk)
     params = AttnParams(softmax_scale=d ** -0.5, causal=True)
     t0 = time.perf_counter()
-    out = ops.attention(q, k_cache, v_cache, plan, params)
+    out = core.attention(q, k_cache, v_cache, plan, params)
     if device == "cuda":
         torch.cuda.synchronize()
     t1 = time.perf_counter()

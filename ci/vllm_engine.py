@@ -51,7 +51,7 @@ _PATHS: set[str] = set()
 
 def record_anyattn_steps(worker) -> None:
     """Log every batch anyattn's builder sees (in the worker process only)."""
-    from anyattn.core.ops import use_triton
+    from anyattn.core.run import use_triton
     from anyattn.vllm_plugin.builder import AnyAttnMetadataBuilder
 
     build = AnyAttnMetadataBuilder.build

@@ -9,9 +9,9 @@ disjoint keys, merged by log-sum-exp:
    prefix through the engine's page table. Non-causal: every draft token follows the prefix.
    The prefix is read once per request (and per kv head) for all of its draft tokens.
 2. ``draft_plan``: one row per draft token (one query each) over the cache slots of the
-   draft keys it sees, in a page-size-1 table (``core.spec_tree`` builds it).
+   draft keys it sees, in a page-size-1 table (``core.plan.spec_tree`` builds it).
 
-Both calls go through :func:`anyattn.core.ops.attention`, so they are the plain paged calls
+Both calls go through :func:`anyattn.core.run.attention`, so they are the plain paged calls
 every kernel provider covers, and nothing O(draft x keys) is materialised.
 
 Positions, for a sliding window: draft token ``i`` of a prefix row (its ``i``-th query)
@@ -29,10 +29,10 @@ from dataclasses import replace
 
 import torch
 
-from .checks import expect
-from .params import AttnParams
-from .plan import AttnPlan
-from .views import cache_view, expand_descale
+from .plan.plan import AttnPlan
+from .run import attention, merge_state
+from .semantics.checks import expect
+from .semantics.params import AttnParams
 
 
 def cascade_params(params: AttnParams, num_draft: int) -> tuple[AttnParams, AttnParams]:
@@ -65,7 +65,7 @@ def cascade_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     (every request the same count) over its prefix; ``draft_plan`` has one query per row,
     ``T`` rows, over each token's draft keys. ``params`` are the layer's (causal) semantics.
     The caches are the engine's token-major buffers or pages, viewed per plan
-    (:func:`anyattn.core.views.cache_view`); ``k_descale``/``v_descale`` are per-tensor or
+    (:func:`anyattn.core.plan.views.cache_view`); ``k_descale``/``v_descale`` are per-tensor or
     per-kv-head FP8 scales. Sinks join the prefix pass only (one extra logit per softmax).
     Returns ``out [T, Hq, Dv]`` (written in place when given).
     """
@@ -74,20 +74,11 @@ def cascade_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
            f"token), got max_seqlen_q={draft_plan.max_seqlen_q}, {draft_plan.batch_size} rows")
     expect(prefix_plan.paged and draft_plan.paged,
            "prefix_plan/draft_plan: a cascade reads a paged cache (page_table) in both passes")
-    from . import ops  # at call time: ops re-exports this module (either import order works)
-
     prefix_params, draft_params = cascade_params(params, prefix_plan.max_seqlen_q)
-    hk = k_cache.shape[-2]
-
-    def run(plan: AttnPlan, pass_params: AttnParams, pass_sinks, pass_out):
-        rows = plan.batch_size
-        return ops.attention(q, cache_view(k_cache, plan), cache_view(v_cache, plan), plan,
-                             pass_params, sinks=pass_sinks,
-                             k_descale=expand_descale(k_descale, rows, hk, q.device),
-                             v_descale=expand_descale(v_descale, rows, hk, q.device),
-                             out=pass_out, return_lse=True)
-
-    o_prefix, lse_prefix = run(prefix_plan, prefix_params, sinks, out)
-    o_draft, lse_draft = run(draft_plan, draft_params, None, None)
-    merged, _ = ops.merge_state(o_prefix, lse_prefix, o_draft, lse_draft)
+    o_prefix, lse_prefix = attention(q, k_cache, v_cache, prefix_plan, prefix_params,
+                                     sinks=sinks, k_descale=k_descale, v_descale=v_descale,
+                                     out=out, return_lse=True)
+    o_draft, lse_draft = attention(q, k_cache, v_cache, draft_plan, draft_params,
+                                   k_descale=k_descale, v_descale=v_descale, return_lse=True)
+    merged, _ = merge_state(o_prefix, lse_prefix, o_draft, lse_draft)
     return o_prefix.copy_(merged)

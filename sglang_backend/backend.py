@@ -5,17 +5,14 @@ an EAGLE draft-extend step, or one step of multi-step draft decode (created by
 :class:`anyattn.sglang_backend.draft.AnyAttnMultiStepDraftBackend` with a
 ``speculative_step_id``). Metadata is built once per forward step
 (:meth:`init_forward_metadata`, or :meth:`init_forward_metadata_out_graph` around CUDA
-graphs) and shared by every layer; the forwards only write K/V and call ``core.ops``.
+graphs) and shared by every layer; the forwards only write K/V and call core's attention.
 """
 from __future__ import annotations
 
 import torch
 
-from anyattn.core import checks
-from anyattn.core.cascade import cascade_params
-from anyattn.core.graph_steps import GraphStepPlans
-from anyattn.core.ops import AttnParams, attention, cascade_attention
-from anyattn.core.views import cache_view, expand_descale
+from anyattn.core import (FP8_DTYPES, AttnParams, GraphPlans, attention, cascade_attention,
+                          cascade_params, check_alibi_slopes)
 
 from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 from sglang.srt.layers.radix_attention import AttentionType
@@ -47,7 +44,7 @@ class AnyAttnBackend(AttentionBackend):
                              "sliding-window layers work on the ordinary MHA pool")
         self.device = torch.device(model_runner.device)
         self.token_to_kv_pool = pool
-        self.fp8_cache = model_runner.kv_cache_dtype in checks.FP8_DTYPES
+        self.fp8_cache = model_runner.kv_cache_dtype in FP8_DTYPES
         self.num_kv_heads = model_runner.model_config.get_num_kv_heads(
             get_parallel().attn_tp_size)
         self.attention_chunk_size = getattr(model_runner, "attention_chunk_size", None) or 0
@@ -63,7 +60,7 @@ class AnyAttnBackend(AttentionBackend):
             num_draft_tokens=int(spec.speculative_num_draft_tokens or 0),
             num_steps=speculative_num_steps, step_id=speculative_step_id,
             num_slots=pool.size + pool.page_size))
-        self.graph: GraphStepPlans | None = None
+        self.graph: GraphPlans | None = None
         self.forward_metadata: StepMetadata | None = None
 
     def init_forward_metadata(self, forward_batch) -> None:
@@ -75,8 +72,8 @@ class AnyAttnBackend(AttentionBackend):
 
     # -- CUDA graphs ---------------------------------------------------------------------
     def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int) -> None:
-        self.graph = GraphStepPlans(max_batch=max_bs, num_kv_heads=self.num_kv_heads,
-                                    device=self.device, deterministic=self.deterministic)
+        self.graph = GraphPlans(max_bs, num_kv_heads=self.num_kv_heads, device=self.device,
+                                deterministic=self.deterministic)
 
     def init_forward_metadata_out_graph(self, forward_batch, in_capture: bool = False) -> None:
         """Capture and replay: copy this step into the preallocated plans, in place.
@@ -96,7 +93,7 @@ class AnyAttnBackend(AttentionBackend):
             raise NotImplementedError(f"anyattn: no CUDA-graph metadata for {mode.name}; "
                                       "extend steps run eagerly")
         plans = self.graph.fill(step, self.planner.plans(forward_batch, graph=True),
-                                forward_batch.batch_size, in_capture=in_capture)
+                                forward_batch.batch_size, capture=in_capture)
         self.forward_metadata = StepMetadata(**plans)
 
     def get_cuda_graph_seq_len_fill_value(self) -> int:
@@ -125,7 +122,7 @@ class AnyAttnBackend(AttentionBackend):
             raise RuntimeError("anyattn: init_forward_metadata was not called for this step")
         params = self._params(layer)
         if slopes is not None:
-            checks.check_alibi_slopes(slopes, layer.tp_q_head_num, q.device)
+            check_alibi_slopes(slopes, layer.tp_q_head_num, q.device)
             if md.draft is not None or layer.is_cross_attention:
                 raise NotImplementedError("anyattn: ALiBi in a speculative tree cascade or in "
                                           "cross-attention is not supported")
@@ -149,10 +146,11 @@ class AnyAttnBackend(AttentionBackend):
         if layer.is_cross_attention:
             if md.cross is None:
                 raise ValueError("anyattn: cross-attention layer but the batch has no encoder_lens")
-            _attend(q3, k_buf, v_buf, md.cross, self._params(layer, causal=False), sinks, scales,
-                    out)
+            attention(q3, k_buf, v_buf, md.cross, self._params(layer, causal=False), sinks=sinks,
+                      k_descale=scales[0], v_descale=scales[1], out=out)
         elif md.draft is None:
-            _attend(q3, k_buf, v_buf, md.main, params, sinks, scales, out, slopes)
+            attention(q3, k_buf, v_buf, md.main, params, sinks=sinks, k_descale=scales[0],
+                      v_descale=scales[1], out=out, alibi_slopes=slopes)
         else:
             cascade_attention(q3, k_buf, v_buf, md.main, md.draft, params, sinks=sinks,
                               k_descale=scales[0], v_descale=scales[1], out=out)
@@ -172,12 +170,3 @@ class AnyAttnBackend(AttentionBackend):
             chunk_size=self.attention_chunk_size if getattr(layer, "use_irope", False) else 0,
             softcap=float(layer.logit_cap or 0.0))
 
-
-def _attend(q3, k_buf, v_buf, plan, params: AttnParams, sinks, scales, out,
-            slopes=None) -> None:
-    """One pass over SGLang's token-major buffers, viewed in the plan's pages."""
-    rows, hk = plan.batch_size, k_buf.shape[-2]
-    attention(q3, cache_view(k_buf, plan), cache_view(v_buf, plan), plan, params, sinks=sinks,
-              k_descale=expand_descale(scales[0], rows, hk, q3.device),
-              v_descale=expand_descale(scales[1], rows, hk, q3.device), out=out,
-              alibi_slopes=slopes)

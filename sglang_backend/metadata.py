@@ -24,10 +24,9 @@ from dataclasses import dataclass
 
 import torch
 
-from anyattn.core import checks, spec_tree
-from anyattn.core.builders import (build_plan, cu_seqlens, page_table_from_token_table,
-                                   token_table_rows, uniform_cu_seqlens)
-from anyattn.core.plan import AttnPlan
+from anyattn.core import (AttnPlan, build_plan, cu_seqlens, debug_mode, expect,
+                          page_table_from_token_table, spec_tree, token_table_rows,
+                          uniform_cu_seqlens, validate_plan)
 
 from .topology import VerifyShape, verify_shape
 
@@ -100,11 +99,11 @@ class StepPlanner:
     def _validate(self, plans: dict[str, AttnPlan]) -> None:
         """Refuse a bad batch before any layer writes the pool: each plan's lengths, table
         width and slots (or pages) against the pool, where reading them is free (CPU tensors)
-        or under ``ANYATTN_DEBUG=1`` (:func:`anyattn.core.checks.validate_plan`). The main
+        or under ``ANYATTN_DEBUG=1`` (:func:`anyattn.core.validate_plan`). The main
         plan's queries are the last of its keys, except a cascade's prefix rows."""
         slots = self.engine.num_slots
         for role, plan in plans.items():
-            checks.validate_plan(
+            validate_plan(
                 plan, positional=role == "main" and "draft" not in plans,
                 num_pages=None if slots is None else slots // plan.page_size)
 
@@ -171,7 +170,7 @@ class StepPlanner:
         if q_lens is None and fb.spec_info is not None:
             q_lens = getattr(fb.spec_info, "extend_seq_lens_tensor", None)
         if q_lens is None:
-            checks.expect(fb.forward_mode.is_draft_extend_v2(),
+            expect(fb.forward_mode.is_draft_extend_v2(),
                           "anyattn: extend batch without extend_seq_lens")
             q_lens = torch.full((bs,), n, dtype=torch.int32, device=fb.seq_lens.device)
         if graph:
@@ -188,7 +187,7 @@ class StepPlanner:
         """TARGET_VERIFY of a chain: an extend of ``n`` causal tokens."""
         n, seq_lens = shape.num_draft, fb.seq_lens[: fb.batch_size]
         mask = getattr(fb.spec_info, "custom_mask", None)
-        if not graph and mask is not None and (mask.device.type == "cpu" or checks.debug_mode()):
+        if not graph and mask is not None and (mask.device.type == "cpu" or debug_mode()):
             # Where reading the mask is free: a tree declared a chain is refused, not run as one.
             spec_tree.check_chain(mask, shape.mask_prefix_lens(seq_lens), n)
         return self._paged(fb, n, seq_lens + n, n, self._key_bound(fb, graph, extra=n))
@@ -213,7 +212,7 @@ class StepPlanner:
         are one prefix row), then over its own chain so far."""
         bs, topk, steps = fb.batch_size, self.engine.topk, self.engine.num_steps
         loc = fb.out_cache_loc
-        checks.expect(loc is not None and loc.shape[0] >= bs * topk * steps,
+        expect(loc is not None and loc.shape[0] >= bs * topk * steps,
                       lambda: f"draft decode: out_cache_loc must hold batch x topk x num_steps = "
                       f"{bs * topk * steps} slots, got {None if loc is None else tuple(loc.shape)}")
         seqused, table = spec_tree.chain_token_table(loc[: bs * topk * steps].view(-1, steps),

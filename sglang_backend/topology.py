@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from anyattn.core import checks
+from anyattn.core import expect
 from sglang.srt.speculative import eagle_utils
 
 
@@ -30,24 +30,24 @@ class VerifyShape:
 
 def verify_shape(spec_info, *, topk_setting: int, draft_setting: int) -> VerifyShape:
     """Draft count and chain / tree of this verify step (``*_setting``: 0 when unset)."""
-    checks.expect(spec_info is not None, "TARGET_VERIFY: forward_batch.spec_info (the verify "
+    expect(spec_info is not None, "TARGET_VERIFY: forward_batch.spec_info (the verify "
                   "input) is None")
     n = int(getattr(spec_info, "num_tokens_per_req", -1) or -1)
     if n <= 0:
         n = int(getattr(spec_info, "draft_token_num", 0) or draft_setting)
-    checks.expect(n > 0, "TARGET_VERIFY: spec_info carries no draft_token_num and "
+    expect(n > 0, "TARGET_VERIFY: spec_info carries no draft_token_num and "
                   "--speculative-num-draft-tokens is unset")
-    checks.expect(draft_setting <= 0 or n <= draft_setting,
+    expect(draft_setting <= 0 or n <= draft_setting,
                   lambda: f"spec_info: {n} draft tokens per request, but the server runs with "
                   f"--speculative-num-draft-tokens {draft_setting}")
     branching = getattr(spec_info, "tree_topk", getattr(spec_info, "topk", None))
-    checks.expect(not (topk_setting > 0 and branching is not None and branching > 0
+    expect(not (topk_setting > 0 and branching is not None and branching > 0
                        and branching != topk_setting),
                   lambda: f"spec_info: a draft tree of topk {branching}, but the server runs "
                   f"with --speculative-eagle-topk {topk_setting}")
     mask = getattr(spec_info, "custom_mask", None)
     if branching is not None and branching != 1:
-        checks.expect(mask is not None, lambda: f"TARGET_VERIFY with topk {branching}: "
+        expect(mask is not None, lambda: f"TARGET_VERIFY with topk {branching}: "
                       "spec_info.custom_mask is required (the draft tree), got None")
     return VerifyShape(n, tree=mask is not None and branching != 1,
                        mask_has_prefix=_mask_has_prefix())

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from anyattn.core.builders import build_plan, cu_seqlens
-from anyattn.core.plan import AttnPlan
+from anyattn.core import build_plan, cu_seqlens
+from anyattn.core import AttnPlan
 from oracle import dense_attention  # noqa: F401  (re-exported for the core tests)
 
 
@@ -56,7 +56,8 @@ def paged_batch(q_lens: list[int], k_lens: list[int], *, hq: int, hk: int, d: in
     q = torch.randn(sum(q_lens), hq, d, generator=gen)
     plan = build_plan(cu_seqlens(torch.tensor(q_lens)), torch.tensor(k_lens, dtype=torch.int32),
                       max_seqlen_q=max(q_lens + [0]), max_seqlen_k=max(k_lens + [0]),
-                      page_table=page_table, num_kv_heads=hk, num_splits=num_splits,
+                      page_table=page_table, page_size=page_size, num_kv_heads=hk,
+                      num_splits=num_splits,
                       deterministic=deterministic, total_q=sum(q_lens))
     to = dict(device=device)
     plan = plan_to(plan, device)

@@ -1,5 +1,5 @@
 """The oracles attention tests compare against: a dense float64 softmax (plain, nothing
-clever) and ``ops.attention`` forced onto the chunked reference path."""
+clever) and ``core.attention`` forced onto the chunked reference path."""
 from __future__ import annotations
 
 import math
@@ -8,12 +8,12 @@ from contextlib import contextmanager
 
 import torch
 
-from anyattn.core import ops
+from anyattn import core
 
 
 @contextmanager
 def on_reference_path():
-    """Every ``core.ops`` call inside runs the chunked reference (the oracle for the kernels)."""
+    """Every ``anyattn.core`` call inside runs the chunked reference (the oracle for the kernels)."""
     os.environ["ANYATTN_IMPL"] = "reference"
     try:
         yield
@@ -22,9 +22,9 @@ def on_reference_path():
 
 
 def reference_path(*args, **kw):
-    """``ops.attention`` on the chunked reference path."""
+    """``core.attention`` on the chunked reference path."""
     with on_reference_path():
-        return ops.attention(*args, **kw)
+        return core.attention(*args, **kw)
 
 
 def dense_attention(q, k, v, *, scale, causal=True, window=(-1, -1), chunk=0, softcap=0.0,

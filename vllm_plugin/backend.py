@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from vllm.v1.attention.backend import AttentionBackend, AttentionType, MultipleOf
 
-from anyattn.core.checks import MAX_HEAD_DIM
+from anyattn.core import MAX_HEAD_DIM
 
 from . import selected_name
 from .compat import KVCacheDeclarations
@@ -48,7 +48,7 @@ class AnyAttnBackend(KVCacheDeclarations, AttentionBackend):
     # fp8 caches store k / k_scale; the layer's scales reach the kernels as descales.
     supported_kv_cache_dtypes: ClassVar[list[CacheDType]] = [
         "auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2"]
-    # The impl writes the cache in do_kv_cache_update (core.ops.write_kv_cache).
+    # The impl writes the cache in do_kv_cache_update (core's write_kv_cache).
     forward_includes_kv_cache_update: bool = False
 
     @staticmethod

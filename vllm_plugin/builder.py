@@ -1,15 +1,15 @@
 """Per-step metadata: vLLM's ``CommonAttentionMetadata`` -> core's ``AttnPlan``.
 
-Every layer of a KV-cache group shares the plan built here. Plans come from
-``core.builders`` (eager steps) or ``core.graph`` (steps a full CUDA graph may replay);
-this module only chooses between them and maps vLLM's field names.
+Every layer of a KV-cache group shares the plan built here: ``build_plan`` for every step,
+copied into ``GraphPlans`` storage for steps a full CUDA graph may replay; this module only
+maps vLLM's field names.
 
 Bidirectional image spans (prefix-LM models such as Gemma-3/4, PaliGemma): vLLM's model
 runner passes ``CommonAttentionMetadata.mm_req_doc_ranges`` (0.26 through 0.33), request
 index -> ``(start, end)`` token positions with ``end`` INCLUSIVE (``PlaceholderRange.
 extract_embeds_range``), every image of the request, possibly past this step's keys, already
 without the ranges longer than a sliding window unless the model clamps them in the kernel.
-They become core's half-open spans ``[start, end + 1)``, cut to the step (``core.spans``).
+They become core's half-open spans ``[start, end + 1)``, cut to the step (``step_spans``).
 """
 from __future__ import annotations
 
@@ -26,19 +26,15 @@ from vllm.v1.attention.backend import (AttentionCGSupport, AttentionMetadataBuil
 from vllm.v1.kv_cache_interface import (AttentionSpec, CrossAttentionSpec,
                                         EncoderOnlyAttentionSpec)
 
-from anyattn.core import checks
-from anyattn.core import spans as core_spans
-from anyattn.core.builders import build_plan
-from anyattn.core.graph import GraphPlanBuffers
-from anyattn.core.kernels import fa3
-from anyattn.core.plan import AttnPlan
-from anyattn.core.providers import Workload
+from anyattn.core import (AttnPlan, GraphPlans, Workload, build_plan, describe_providers,
+                          expect, span_table, step_spans, validate_plan)
 
 from . import selected_name
 from .compat import max_decode_query_len
 from .backend import fp8_storage_dtype
 
 logger = init_logger("vllm.anyattn")
+_UNIFORM = "uniform"  # the one step kind vLLM replays as a full CUDA graph
 
 
 @dataclass
@@ -78,9 +74,8 @@ class AnyAttnMetadataBuilder(AttentionMetadataBuilder[AnyAttnMetadata]):
         self.mm_prefix = bool(vllm_config.model_config.is_mm_prefix_lm)
         self.workload = self._workload()
         self.graph_buffers = self._make_graph_buffers()
-        logger.info_once("anyattn attention backend (--attention-backend %s): Triton kernels; "
-                         "FlashAttention-3 for prefill/extend: %s", selected_name(),
-                         fa3.unavailable(device) or "available")
+        logger.info_once("anyattn attention backend (--attention-backend %s): %s",
+                         selected_name(), describe_providers(device))
 
     def _workload(self) -> Workload:
         """The layers' tensor facts, so every plan picks its kernels when it is built."""
@@ -92,7 +87,7 @@ class AnyAttnMetadataBuilder(AttentionMetadataBuilder[AnyAttnMetadata]):
                         model.get_num_attention_heads(self.vllm_config.parallel_config),
                         self.num_kv_heads)
 
-    def _make_graph_buffers(self) -> GraphPlanBuffers | None:
+    def _make_graph_buffers(self) -> GraphPlans | None:
         compilation = self.vllm_config.compilation_config
         if self.encoder_only or not compilation.cudagraph_mode.has_full_cudagraphs():
             return None
@@ -100,17 +95,17 @@ class AnyAttnMetadataBuilder(AttentionMetadataBuilder[AnyAttnMetadata]):
         max_seqlen_q = max_decode_query_len(self.vllm_config)
         max_batch = min(self.vllm_config.scheduler_config.max_num_seqs,
                         cdiv(compilation.max_cudagraph_capture_size, max_seqlen_q))
+        graphs = GraphPlans(max_batch, num_kv_heads=self.num_kv_heads, device=self.device,
+                            deterministic=self.deterministic, workload=self.workload)
         # A prefix-LM model's uniform steps may hold image tokens (a short prefill chunk):
-        # at most one span per query reaches the step (core.spans.step_spans).
-        return GraphPlanBuffers(max_batch, self.max_pages, max_seqlen_q=max_seqlen_q,
-                                page_size=self.page_size, num_kv_heads=self.num_kv_heads,
-                                device=self.device, deterministic=self.deterministic,
-                                workload=self.workload,
-                                max_spans=max_seqlen_q if self.mm_prefix else 0)
+        # at most one span per query reaches the step (step_spans).
+        graphs.reserve(_UNIFORM, max_pages=self.max_pages, max_seqlen_q=max_seqlen_q,
+                       page_size=self.page_size, max_spans=max_seqlen_q if self.mm_prefix else 0)
+        return graphs
 
     def _fits_graph(self, cm: CommonAttentionMetadata) -> bool:
         g = self.graph_buffers
-        return g is not None and cm.max_query_len <= g.max_seqlen_q and cm.num_reqs <= g.max_batch
+        return g is not None and g.fits(_UNIFORM, cm.num_reqs, cm.max_query_len)
 
     def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,
               fast_build: bool = False) -> AnyAttnMetadata:
@@ -127,21 +122,20 @@ class AnyAttnMetadataBuilder(AttentionMetadataBuilder[AnyAttnMetadata]):
                               max_seqlen_k=cm.max_seq_len, cu_seqlens_k=cm.query_start_loc,
                               num_kv_heads=self.num_kv_heads, deterministic=self.deterministic,
                               workload=self.workload, total_q=rows, total_k=rows)
-        elif self._fits_graph(cm):
+            return AnyAttnMetadata(plan=plan, num_query_rows=rows)
+        graph = self._fits_graph(cm)
+        plan = build_plan(cm.query_start_loc, cm.seq_lens, max_seqlen_q=cm.max_query_len,
+                          max_seqlen_k=cm.max_seq_len,
+                          page_table=cm.block_table_tensor[:, : self.max_pages],
+                          page_size=self.page_size, num_kv_heads=self.num_kv_heads,
+                          deterministic=self.deterministic,
+                          workload=None if graph else self.workload, spans=spans, total_q=rows)
+        # Before any layer writes its cache: refused here, a bad step touches nothing.
+        validate_plan(plan, positional=cm.causal, num_pages=self._cache_pages())
+        if graph:
             # Same storage for every step of this batch size, so a captured graph replays
             # with this step's lengths and pages. vLLM pads requests with q_len 0, seq_len 0.
-            plan = self.graph_buffers.update(
-                cm.num_reqs, cu_seqlens_q=cm.query_start_loc, seqused_k=cm.seq_lens,
-                page_table=cm.block_table_tensor[:, : self.max_pages], spans=spans)
-        else:
-            plan = build_plan(cm.query_start_loc, cm.seq_lens, max_seqlen_q=cm.max_query_len,
-                              max_seqlen_k=cm.max_seq_len, page_table=cm.block_table_tensor,
-                              num_kv_heads=self.num_kv_heads, deterministic=self.deterministic,
-                              workload=self.workload, spans=spans, total_q=rows)
-        if not self.encoder_only:
-            # Before any layer writes its cache: refused here, a bad step touches nothing.
-            checks.validate_plan(plan, positional=cm.causal, num_pages=self._cache_pages(),
-                                 page_size=self.page_size)
+            plan = self.graph_buffers.fill(_UNIFORM, {"main": plan}, cm.num_reqs)["main"]
         return AnyAttnMetadata(plan=plan, num_query_rows=rows, mm_prefix_range_tensor=plan.spans)
 
     def _check_step(self, cm: CommonAttentionMetadata) -> int:
@@ -149,16 +143,16 @@ class AnyAttnMetadataBuilder(AttentionMetadataBuilder[AnyAttnMetadata]):
         non-decreasing) and, for causal layers, ``seq_lens_cpu_upper_bound`` no shorter than
         the queries. Returns the rows the requests own. The device values (``seq_lens``, the
         block table) are checked from the plan where reading them is free
-        (:func:`anyattn.core.checks.validate_plan`)."""
+        (:func:`anyattn.core.validate_plan`)."""
         starts = cm.query_start_loc_cpu[: cm.num_reqs + 1]
         q_lens = starts[1:] - starts[:-1]
-        checks.expect(int(starts[0]) == 0 and bool((q_lens >= 0).all()),
+        expect(int(starts[0]) == 0 and bool((q_lens >= 0).all()),
                       lambda: "query_start_loc: expected non-decreasing offsets from 0, got "
                       f"{starts.tolist()[:8]}")
         bound = cm.seq_lens_cpu_upper_bound
         if cm.causal and bound is not None:
             short = (bound[: cm.num_reqs] < q_lens).nonzero()
-            checks.expect(short.numel() == 0, lambda: f"seq_lens: request {int(short[0])} has "
+            expect(short.numel() == 0, lambda: f"seq_lens: request {int(short[0])} has "
                           f"{int(q_lens[short[0]])} queries but at most "
                           f"{int(bound[short[0]])} keys (causal: q_len <= seq_len)")
         return int(starts[-1])
@@ -187,11 +181,11 @@ class AnyAttnMetadataBuilder(AttentionMetadataBuilder[AnyAttnMetadata]):
         starts = cm.query_start_loc_cpu[: n + 1].tolist()
         q_lens = [b - a for a, b in zip(starts, starts[1:])]
         whole = [[(int(s), int(e) + 1) for s, e in ranges.get(r, ())] for r in range(n)]
-        step = core_spans.step_spans(whole, q_lens, cm.seq_lens_cpu_upper_bound[:n].tolist(),
+        step = step_spans(whole, q_lens, cm.seq_lens_cpu_upper_bound[:n].tolist(),
                                      name="mm_req_doc_ranges (as [start, end + 1))")
         if not any(step):
             return None
-        return core_spans.span_table(step, self.device)
+        return span_table(step, self.device)
 
     def build_for_cudagraph_capture(
             self, common_attn_metadata: CommonAttentionMetadata) -> AnyAttnMetadata:
@@ -202,5 +196,5 @@ class AnyAttnMetadataBuilder(AttentionMetadataBuilder[AnyAttnMetadata]):
                 f"anyattn: cannot capture a full CUDA graph for {common_attn_metadata.num_reqs} "
                 f"requests with max_query_len {common_attn_metadata.max_query_len}: the plan "
                 f"buffers hold {getattr(self.graph_buffers, 'max_batch', 0)} requests of at "
-                f"most {getattr(self.graph_buffers, 'max_seqlen_q', 0)} queries")
+                f"most {max_decode_query_len(self.vllm_config)} queries")
         return self.build(0, common_attn_metadata)

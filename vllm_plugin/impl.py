@@ -1,4 +1,4 @@
-"""Per-layer attention: views of vLLM's KV cache handed to ``core.ops``.
+"""Per-layer attention: views of vLLM's KV cache handed to core's ``attention``.
 
 vLLM hands each layer its cache as the logical view ``[num_blocks, Hk, block_size, D + Dv]``
 (K then V in the last dim) over whatever physical layout the engine negotiated. Slicing
@@ -17,9 +17,7 @@ from dataclasses import replace
 import torch
 from vllm.v1.attention.backend import AttentionImpl, AttentionLayer, AttentionType
 
-from anyattn.core import checks, ops
-from anyattn.core.ops import AttnParams
-from anyattn.core.views import expand_descale
+from anyattn.core import AttnParams, attention, check_alibi_slopes, write_kv_cache
 
 from .backend import SUPPORTED_ATTN_TYPES, fp8_storage_dtype
 from .builder import AnyAttnMetadata
@@ -34,7 +32,7 @@ class AnyAttnImpl(AttentionImpl[AnyAttnMetadata]):
         self.alibi_slopes = None
         if alibi_slopes is not None:
             self.alibi_slopes = torch.as_tensor(alibi_slopes, dtype=torch.float32)
-            checks.check_alibi_slopes(self.alibi_slopes, num_heads)
+            check_alibi_slopes(self.alibi_slopes, num_heads)
         if attn_type not in SUPPORTED_ATTN_TYPES:
             raise ValueError(f"anyattn: attention type {attn_type} is not supported "
                              f"({', '.join(t.value for t in SUPPORTED_ATTN_TYPES)} are)")
@@ -87,19 +85,15 @@ class AnyAttnImpl(AttentionImpl[AnyAttnMetadata]):
             # the first (eager) step, never inside a captured graph.
             self.alibi_slopes = self.alibi_slopes.to(query.device)
         if self.attn_type == AttentionType.ENCODER_ONLY:
-            ops.attention(query[:n], key[:n], value[:n], attn_metadata.plan, params,
-                          sinks=self.sinks, out=output[:n], alibi_slopes=self.alibi_slopes)
+            attention(query[:n], key[:n], value[:n], attn_metadata.plan, params,
+                      sinks=self.sinks, out=output[:n], alibi_slopes=self.alibi_slopes)
             return output
         k_cache, v_cache = self._cache_views(kv_cache)
-        k_descale = v_descale = None
-        if self.fp8_dtype is not None:
-            # Per-tensor scales as core's [B, Hk]: stride-0 views, no copy.
-            batch = attn_metadata.plan.batch_size
-            k_descale = expand_descale(layer._k_scale, batch, self.num_kv_heads, query.device)
-            v_descale = expand_descale(layer._v_scale, batch, self.num_kv_heads, query.device)
-        ops.attention(query[:n], k_cache, v_cache, attn_metadata.plan, params,
-                      sinks=self.sinks, k_descale=k_descale, v_descale=v_descale,
-                      out=output[:n], alibi_slopes=self.alibi_slopes)
+        fp8 = self.fp8_dtype is not None  # per-tensor scales
+        attention(query[:n], k_cache, v_cache, attn_metadata.plan, params, sinks=self.sinks,
+                  k_descale=layer._k_scale if fp8 else None,
+                  v_descale=layer._v_scale if fp8 else None,
+                  out=output[:n], alibi_slopes=self.alibi_slopes)
         return output
 
     def _step_params(self, layer: AttentionLayer, md: AnyAttnMetadata) -> AttnParams:
@@ -128,4 +122,4 @@ class AnyAttnImpl(AttentionImpl[AnyAttnMetadata]):
         if self.fp8_dtype is not None:
             scales = dict(k_scale=layer._k_scale, v_scale=layer._v_scale)
         n = slot_mapping.shape[0]
-        ops.write_kv_cache(key[:n], value[:n], k_cache, v_cache, slot_mapping, **scales)
+        write_kv_cache(key[:n], value[:n], k_cache, v_cache, slot_mapping, **scales)

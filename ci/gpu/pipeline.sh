@@ -25,7 +25,7 @@ stages=("$@")
 run_stage() {
   case $1 in
     env) nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-         python3 -c "import torch, triton, vllm; from anyattn.core.kernels import fa3; \
+         python3 -c "import torch, triton, vllm; from anyattn.core.providers import fa3; \
 print('torch', torch.__version__, 'triton', triton.__version__, 'vllm', vllm.__version__, \
 'fa3', fa3.source(), fa3.unavailable(torch.device('cuda')))" ;;
     serving) ANYATTN_SERVING_OUT="$R/serving" python3 -m pytest -q -rs tests/gpu/test_vllm_serving.py ;;
@@ -34,7 +34,7 @@ print('torch', torch.__version__, 'triton', triton.__version__, 'vllm', vllm.__v
     e2e) python3 ci/gpu/throughput.py "$R/throughput.jsonl" ;;
     e2e_full) python3 ci/gpu/throughput.py "$R/throughput.jsonl" --backends FLASH_ATTN:FULL ;;
     sglang_env) nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-         python3 -c "import torch, triton, sglang, sgl_kernel; from anyattn.core.kernels import fa3; \
+         python3 -c "import torch, triton, sglang, sgl_kernel; from anyattn.core.providers import fa3; \
 print('torch', torch.__version__, 'triton', triton.__version__, 'sglang', sglang.__version__, \
 'sgl_kernel', sgl_kernel.__version__, 'fa3', fa3.source(), fa3.unavailable(torch.device('cuda')))" ;;
     sglang_fa3) python3 -m pytest -q -rs tests/gpu/test_fa3_provider.py ;;

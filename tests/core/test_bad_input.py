@@ -5,9 +5,11 @@ import math
 import pytest
 import torch
 
-from anyattn.core import ops
-from anyattn.core.builders import build_plan, cu_seqlens
-from anyattn.core.params import AttnParams
+from anyattn import core
+from anyattn.core import build_plan, cu_seqlens
+from anyattn.core.providers import TRITON, Call, Workload
+from anyattn.core.providers.triton.attention import run_attention
+from anyattn.core.semantics.params import AttnParams
 
 from batches import paged_batch
 from oracle import reference_path
@@ -25,7 +27,7 @@ def _batch(device="cpu"):
 def _plan(b, **kw):
     p = b.plan
     args = dict(max_seqlen_q=p.max_seqlen_q, max_seqlen_k=p.max_seqlen_k, page_table=p.page_table,
-                num_kv_heads=2)
+                page_size=p.page_size, num_kv_heads=2)
     args.update(kw)
     return build_plan(kw.pop("cu_seqlens_q", p.cu_seqlens_q), kw.pop("seqused_k", p.seqused_k),
                       **{k: v for k, v in args.items() if k not in ("cu_seqlens_q", "seqused_k")})
@@ -39,60 +41,61 @@ def _expect(match, fn):
 def test_q_len_greater_than_k_len():
     b = _batch()
     plan = build_plan(cu_seqlens(torch.tensor([2, 1])), torch.tensor([1, 20], dtype=torch.int32),
-                      max_seqlen_q=2, max_seqlen_k=20, page_table=b.plan.page_table)
-    _expect("q_len > k_len", lambda: ops.attention(b.q, b.k_cache, b.v_cache, plan, P))
+                      max_seqlen_q=2, max_seqlen_k=20, page_table=b.plan.page_table,
+                      page_size=b.plan.page_size)
+    _expect("q_len > k_len", lambda: core.attention(b.q, b.k_cache, b.v_cache, plan, P))
 
 
 def test_heads_not_a_multiple():
     b = _batch()
-    _expect("num_kv_heads", lambda: ops.attention(b.q[:, :3], b.k_cache, b.v_cache, b.plan, P))
+    _expect("num_kv_heads", lambda: core.attention(b.q[:, :3], b.k_cache, b.v_cache, b.plan, P))
 
 
 def test_head_dim_mismatch():
     b = _batch()
-    _expect("head_dim", lambda: ops.attention(b.q[..., :8], b.k_cache, b.v_cache, b.plan, P))
+    _expect("head_dim", lambda: core.attention(b.q[..., :8], b.k_cache, b.v_cache, b.plan, P))
 
 
 def test_dtype_mismatch():
     b = _batch()
-    _expect("k_cache: expected dtype", lambda: ops.attention(b.q.half(), b.k_cache, b.v_cache, b.plan, P))
+    _expect("k_cache: expected dtype", lambda: core.attention(b.q.half(), b.k_cache, b.v_cache, b.plan, P))
 
 
 def test_non_positive_scale():
     b = _batch()
     for scale in (0.0, -0.125):
-        _expect("softmax_scale: expected a positive", lambda: ops.attention(
+        _expect("softmax_scale: expected a positive", lambda: core.attention(
             b.q, b.k_cache, b.v_cache, b.plan, AttnParams(softmax_scale=scale)))
 
 
 def test_wrong_rank():
     b = _batch()
-    _expect("q: expected a 3-D", lambda: ops.attention(b.q[None], b.k_cache, b.v_cache, b.plan, P))
+    _expect("q: expected a 3-D", lambda: core.attention(b.q[None], b.k_cache, b.v_cache, b.plan, P))
 
 
 def test_page_table_out_of_range():
     b = _batch()
     b.plan.page_table[1, 0] = b.k_cache.shape[0]
-    _expect("page_table: entries", lambda: ops.attention(b.q, b.k_cache, b.v_cache, b.plan, P))
+    _expect("page_table: entries", lambda: core.attention(b.q, b.k_cache, b.v_cache, b.plan, P))
 
 
 def test_page_table_too_narrow():
     b = _batch()
     plan = _plan(b, page_table=b.plan.page_table[:, :2])
-    _expect("page_table: 2 columns", lambda: ops.attention(b.q, b.k_cache, b.v_cache, plan, P))
+    _expect("page_table: 2 columns", lambda: core.attention(b.q, b.k_cache, b.v_cache, plan, P))
 
 
 def test_wrong_device():
     b = _batch()
-    _expect("sinks: expected a tensor on", lambda: ops.attention(
+    _expect("sinks: expected a tensor on", lambda: core.attention(
         b.q, b.k_cache, b.v_cache, b.plan, P, sinks=torch.zeros(4, device="meta")))
 
 
 def test_bad_out_and_sinks_shapes():
     b = _batch()
-    _expect("out: expected shape", lambda: ops.attention(
+    _expect("out: expected shape", lambda: core.attention(
         b.q, b.k_cache, b.v_cache, b.plan, P, out=torch.empty(3, 4, 8)))
-    _expect("sinks: expected shape", lambda: ops.attention(
+    _expect("sinks: expected shape", lambda: core.attention(
         b.q, b.k_cache, b.v_cache, b.plan, P, sinks=torch.zeros(3)))
 
 
@@ -100,18 +103,18 @@ def test_kv_write_errors_leave_cache_untouched():
     b = _batch()
     before = b.k_cache.clone()
     k = torch.randn(3, 2, 16)
-    _expect("slot_mapping: entries", lambda: ops.write_kv_cache(
+    _expect("slot_mapping: entries", lambda: core.write_kv_cache(
         k, k, b.k_cache, b.v_cache, torch.tensor([0, 1, 10_000])))
-    _expect("k: expected", lambda: ops.write_kv_cache(
+    _expect("k: expected", lambda: core.write_kv_cache(
         torch.randn(3, 2, 8), k, b.k_cache, b.v_cache, torch.tensor([0, 1, 2])))
-    _expect("slot_mapping: expected int32", lambda: ops.write_kv_cache(
+    _expect("slot_mapping: expected int32", lambda: core.write_kv_cache(
         k, k, b.k_cache, b.v_cache, torch.tensor([0.0, 1.0, 2.0])))
     assert torch.equal(b.k_cache.nan_to_num(7.0), before.nan_to_num(7.0))
 
 
 def test_merge_state_shapes():
     o = torch.randn(3, 2, 8)
-    _expect("lse_b: expected float32", lambda: ops.merge_state(o, torch.zeros(2, 3), o, torch.zeros(3, 2)))
+    _expect("lse_b: expected float32", lambda: core.merge_state(o, torch.zeros(2, 3), o, torch.zeros(3, 2)))
 
 
 # -- issue #22: every call path, both CPU paths ------------------------------------------------
@@ -127,7 +130,7 @@ def impl(request, monkeypatch):
 
 
 def _call(b, plan=None, params=P, **kw):
-    return ops.attention(b.q, b.k_cache, b.v_cache, plan or b.plan, params, **kw)
+    return core.attention(b.q, b.k_cache, b.v_cache, plan or b.plan, params, **kw)
 
 
 def _unknown_total(plan, **kw):
@@ -142,13 +145,13 @@ def test_q_rows_must_match_cu_seqlens_q(impl, rows):
     q = torch.randn(b.q.shape[0] + rows, 4, 16, device=DEVICE) if rows > 0 else b.q[:rows]
     for plan in (b.plan, _unknown_total(b.plan)):  # host total, or read from the CPU tensor
         _expect(r"q: expected 3 rows \(cu_seqlens_q\[-1\]\)",
-                lambda: ops.attention(q, b.k_cache, b.v_cache, plan, P))
+                lambda: core.attention(q, b.k_cache, b.v_cache, plan, P))
 
 
 def test_cu_seqlens_q_must_start_at_zero(impl):
     b = _batch(DEVICE)
     plan = _unknown_total(b.plan, cu_seqlens_q=b.plan.cu_seqlens_q + 1)  # [1, 3, 4]: 3 rows
-    _expect("cu_seqlens_q: expected first entry 0", lambda: ops.attention(
+    _expect("cu_seqlens_q: expected first entry 0", lambda: core.attention(
         b.q, b.k_cache, b.v_cache, plan, P))
 
 
@@ -172,10 +175,10 @@ def test_contiguous_keys_past_k_rows(impl):
     cu_k = torch.tensor([0, 9, 30], dtype=torch.int32, device=DEVICE)
     cu_q = cu_seqlens(torch.tensor([2, 1], device=DEVICE))
     _expect(r"cu_seqlens_k/seqused_k: keys .* must lie in k's 29 rows", lambda: (
-        ops.flash_attn_varlen_func(q, k, k, cu_q, cu_k, causal=True)))
+        core.flash_attn_varlen_func(q, k, k, cu_q, cu_k, causal=True)))
     plan = build_plan(cu_q, None, max_seqlen_q=2, max_seqlen_k=21,
                       cu_seqlens_k=cu_k, num_kv_heads=2, total_q=3, total_k=30)
-    _expect(r"cu_seqlens_k: last entry 30 runs past k's 29 rows", lambda: ops.attention(
+    _expect(r"cu_seqlens_k: last entry 30 runs past k's 29 rows", lambda: core.attention(
         q, k, k, plan, P))
 
 
@@ -201,16 +204,16 @@ def test_fp8_write_saturates(impl, fp8):
     k = torch.randn(3, 2, 16)
     k[0, 0, :4] = torch.tensor([1e6, -1e6, math.inf, -math.inf])
     k = k.to(DEVICE)
-    ops.write_kv_cache(k, k.clone(), k_cache, v_cache, torch.tensor([0, 1, 2], device=DEVICE),
+    core.write_kv_cache(k, k.clone(), k_cache, v_cache, torch.tensor([0, 1, 2], device=DEVICE),
                        k_scale=0.5, v_scale=0.5)
     stored = k_cache[0, 0, 0, :4].float().cpu()
     assert torch.equal(stored, torch.tensor([top, -top, top, -top]))
     plan = build_plan(cu_seqlens(torch.tensor([1], device=DEVICE)),
                       torch.tensor([3], dtype=torch.int32, device=DEVICE), max_seqlen_q=1,
-                      max_seqlen_k=3, page_table=torch.tensor([[0]], device=DEVICE),
+                      max_seqlen_k=3, page_table=torch.tensor([[0]], device=DEVICE), page_size=4,
                       num_kv_heads=2, total_q=1)
     descale = torch.full((1, 2), 0.5, device=DEVICE)
-    out = ops.attention(torch.randn(1, 4, 16, device=DEVICE), k_cache, v_cache, plan, P,
+    out = core.attention(torch.randn(1, 4, 16, device=DEVICE), k_cache, v_cache, plan, P,
                         k_descale=descale, v_descale=descale)
     assert bool(out.isfinite().all())
 
@@ -224,7 +227,7 @@ def test_bad_kv_write_scales(impl, scale):
     slots = torch.tensor([0, 1], device=DEVICE)
     for name, kw in (("k_scale", dict(k_scale=scale)),
                      ("v_scale", dict(v_scale=torch.tensor([scale], device=DEVICE)))):
-        _expect(f"{name}: expected finite positive", lambda: ops.write_kv_cache(
+        _expect(f"{name}: expected finite positive", lambda: core.write_kv_cache(
             k, k, k_cache, k_cache.clone(), slots, **kw))
     assert torch.equal(k_cache.view(torch.uint8), before.view(torch.uint8))
     _expect("k_descale: expected finite positive", lambda: _call(
@@ -255,9 +258,8 @@ def test_strided_plan_tensors():
 
 def _launch(q, k_cache, v_cache, plan, out):
     """The Triton launch itself, past every check: what a bad plan on CUDA reaches."""
-    from anyattn.core.kernels.attention import run_attention
-    return run_attention(q, k_cache, v_cache, plan, P, sinks=None, k_descale=None,
-                         v_descale=None, out=out, want_lse=False)[0]
+    tile = TRITON.tile(Workload.of(q, k_cache, v_cache), plan)
+    return run_attention(Call(q, k_cache, v_cache, plan, P, out, want_lse=False), tile, {})[0]
 
 
 def test_kernel_stays_inside_its_tensors_whatever_the_plan():
@@ -295,15 +297,15 @@ def test_kernel_contiguous_keys_stay_inside_k():
 
 def test_graph_plans_take_padding_rows_but_not_fewer_rows(impl):
     """A CUDA-graph plan's q may carry the engine's padding tokens past cu_seqlens_q[-1]."""
-    from anyattn.core.graph import GraphPlanBuffers
+    from graph_storage import GraphStorage
 
     b = _batch(DEVICE)
-    bufs = GraphPlanBuffers(4, 8, max_seqlen_q=2, page_size=4, num_kv_heads=2, device=DEVICE)
+    bufs = GraphStorage(4, 8, max_seqlen_q=2, page_size=4, num_kv_heads=2, device=DEVICE)
     plan = bufs.update(2, cu_seqlens_q=b.plan.cu_seqlens_q, seqused_k=b.plan.seqused_k,
                        page_table=b.plan.page_table)
     padded = torch.cat([b.q, torch.zeros_like(b.q)])
-    got = ops.attention(padded, b.k_cache, b.v_cache, plan, P)[:3]
+    got = core.attention(padded, b.k_cache, b.v_cache, plan, P)[:3]
     torch.testing.assert_close(got, reference_path(b.q, b.k_cache, b.v_cache, b.plan, P),
                                atol=2e-2 if DEVICE == "cuda" else 1e-4, rtol=1e-2)
     _expect(r"q: expected 3 rows \(cu_seqlens_q\[-1\]\) or more \(padding rows\), got 2",
-            lambda: ops.attention(b.q[:2], b.k_cache, b.v_cache, plan, P))
+            lambda: core.attention(b.q[:2], b.k_cache, b.v_cache, plan, P))

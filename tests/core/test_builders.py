@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anyattn.core.builders import page_table_from_token_table, token_table_rows, uniform_cu_seqlens
+from anyattn.core import page_table_from_token_table, token_table_rows, uniform_cu_seqlens
 
 
 def test_uniform_cu_seqlens():

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from anyattn.core import ops, spec_tree
-from anyattn.core.builders import build_plan, page_table_from_token_table, uniform_cu_seqlens
-from anyattn.core.params import AttnParams
-from anyattn.core.plan import AttnPlan
+from anyattn import core
+from anyattn.core import spec_tree
+from anyattn.core import build_plan, page_table_from_token_table, uniform_cu_seqlens
+from anyattn.core.semantics.params import AttnParams
+from anyattn.core import AttnPlan
 
 from batches import plan_to
 from oracle import dense_attention, on_reference_path
@@ -119,8 +120,8 @@ def cascade(impl: str, step: TreeStep, params: AttnParams, **kw) -> torch.Tensor
     args = (step.q, step.k_buf, step.v_buf, step.prefix_plan, step.draft_plan, params)
     if impl == "reference":
         with on_reference_path():
-            return ops.cascade_attention(*args, **kw)
-    return ops.cascade_attention(*args, **kw)
+            return core.cascade_attention(*args, **kw)
+    return core.cascade_attention(*args, **kw)
 
 
 # (prefix lengths, draft tokens, page size): prefixes of 0, shorter than the draft, page
@@ -232,12 +233,12 @@ def _small_step() -> TreeStep:
 def test_unsupported_semantics_are_refused(params, error, match):
     step = _small_step()
     with pytest.raises(error, match=match):
-        ops.cascade_attention(step.q, step.k_buf, step.v_buf, step.prefix_plan,
+        core.cascade_attention(step.q, step.k_buf, step.v_buf, step.prefix_plan,
                               step.draft_plan, params)
 
 
 def test_draft_plan_must_have_one_row_per_token():
     step = _small_step()
     with pytest.raises(ValueError, match="draft_plan: expected one query per row and 8 rows"):
-        ops.cascade_attention(step.q, step.k_buf, step.v_buf, step.prefix_plan,
+        core.cascade_attention(step.q, step.k_buf, step.v_buf, step.prefix_plan,
                               step.prefix_plan, AttnParams(softmax_scale=0.3))

@@ -3,11 +3,11 @@ import dataclasses
 
 import torch
 
-from anyattn.core import ops
-from anyattn.core.builders import build_plan, cu_seqlens
-from anyattn.core.graph import GraphPlanBuffers
-from anyattn.core.params import AttnParams
-from anyattn.core.reference import reference_attention
+from anyattn import core
+from anyattn.core import build_plan, cu_seqlens
+from graph_storage import GraphStorage
+from anyattn.core.semantics.params import AttnParams
+from anyattn.core.semantics.reference import reference_attention
 
 from batches import paged_batch
 
@@ -17,7 +17,7 @@ DTYPE = torch.float16
 
 def test_with_kvcache_varlen_matches_reference():
     b = paged_batch([3, 1], [40, 70], hq=8, hk=2, d=64, page_size=16, dtype=DTYPE, device=DEVICE)
-    out, lse = ops.flash_attn_with_kvcache(
+    out, lse = core.flash_attn_with_kvcache(
         b.q, b.k_cache, b.v_cache, cache_seqlens=b.plan.seqused_k, page_table=b.plan.page_table,
         cu_seqlens_q=b.plan.cu_seqlens_q, max_seqlen_q=3, causal=True, window_size=(16, 0),
         softcap=30.0, return_softmax_lse=True)
@@ -34,11 +34,11 @@ def test_with_kvcache_batched_q_and_dense_cache():
     k = torch.randn(2, 50, 2, 32, generator=gen).to(DEVICE, DTYPE)
     v = torch.randn(2, 50, 2, 32, generator=gen).to(DEVICE, DTYPE)
     lens = torch.tensor([50, 9], dtype=torch.int32, device=DEVICE)
-    out, lse = ops.flash_attn_with_kvcache(q, k, v, cache_seqlens=lens, causal=True,
+    out, lse = core.flash_attn_with_kvcache(q, k, v, cache_seqlens=lens, causal=True,
                                            return_softmax_lse=True)
     plan = build_plan(torch.tensor([0, 4, 8], dtype=torch.int32, device=DEVICE), lens,
                       max_seqlen_q=4, max_seqlen_k=50, page_table=torch.tensor(
-                          [[0], [1]], dtype=torch.int32, device=DEVICE))
+                          [[0], [1]], dtype=torch.int32, device=DEVICE), page_size=k.shape[1])
     ref, ref_lse = reference_attention(q.flatten(0, 1), k, v, plan, AttnParams(softmax_scale=32 ** -0.5))
     assert out.shape == (2, 4, 4, 32) and lse.shape == (2, 4, 4)
     torch.testing.assert_close(out.flatten(0, 1).float(), ref.float(), atol=1e-2, rtol=1e-2)
@@ -53,7 +53,7 @@ def test_varlen_func_contiguous_keys():
     v = torch.randn(int(k_lens.sum()), 1, 64, generator=gen).to(DEVICE, DTYPE)
     cu_q, cu_k = cu_seqlens(q_lens).to(DEVICE), cu_seqlens(k_lens).to(DEVICE)
     sinks = torch.randn(8, device=DEVICE)
-    out = ops.flash_attn_varlen_func(q, k, v, cu_q, cu_k, causal=True, sinks=sinks)
+    out = core.flash_attn_varlen_func(q, k, v, cu_q, cu_k, causal=True, sinks=sinks)
     for b in range(3):
         qs, ks = int(cu_q[b]), int(cu_k[b])
         plan = build_plan(cu_seqlens(q_lens[b:b + 1]).to(DEVICE), k_lens[b:b + 1].to(DEVICE, torch.int32),
@@ -68,7 +68,7 @@ def test_varlen_func_contiguous_keys():
 def test_graph_buffers_update_matches_fresh_plan():
     """A plan captured at the largest batch, updated for a smaller one, computes the same."""
     b = paged_batch([1, 1, 1], [30, 200, 7], hq=8, hk=2, d=64, page_size=16, dtype=DTYPE, device=DEVICE)
-    bufs = GraphPlanBuffers(4, 16, max_seqlen_q=1, page_size=16, num_kv_heads=2, device=DEVICE)
+    bufs = GraphStorage(4, 16, max_seqlen_q=1, page_size=16, num_kv_heads=2, device=DEVICE)
     captured = bufs.plan(4)
     q = torch.zeros(4, 8, 64, dtype=DTYPE, device=DEVICE)
     q[:3] = b.q
@@ -77,17 +77,18 @@ def test_graph_buffers_update_matches_fresh_plan():
                           page_table=b.plan.page_table)
     assert updated.page_table.data_ptr() == captured.page_table.data_ptr()
     assert updated.num_splits == captured.num_splits
-    out = ops.attention(q, b.k_cache, b.v_cache, updated, params)
+    out = core.attention(q, b.k_cache, b.v_cache, updated, params)
     # The graph plan keeps the split count of its static bounds; the fresh plan uses it too.
-    fresh = ops.attention(b.q, b.k_cache, b.v_cache,
+    fresh = core.attention(b.q, b.k_cache, b.v_cache,
                           dataclasses.replace(b.plan, num_splits=captured.num_splits), params)
     assert torch.equal(out[:3], fresh)
     # The padding sequence owns no query rows and no keys.
     assert updated.cu_seqlens_q.tolist() == [0, 1, 2, 3, 3] and int(updated.seqused_k[3]) == 0
     smaller = bufs.update(4, cu_seqlens_q=b.plan.cu_seqlens_q[:2], seqused_k=b.plan.seqused_k[:1] - 5,
                           page_table=b.plan.page_table[:1])
-    out2 = ops.attention(q, b.k_cache, b.v_cache, smaller, params)
+    out2 = core.attention(q, b.k_cache, b.v_cache, smaller, params)
     plan1 = build_plan(b.plan.cu_seqlens_q[:2], b.plan.seqused_k[:1] - 5, max_seqlen_q=1,
-                       max_seqlen_k=256, page_table=b.plan.page_table[:1], num_kv_heads=2)
-    expected = ops.attention(q[:1], b.k_cache, b.v_cache, plan1, params)
+                       max_seqlen_k=256, page_table=b.plan.page_table[:1], page_size=16,
+                       num_kv_heads=2)
+    expected = core.attention(q[:1], b.k_cache, b.v_cache, plan1, params)
     assert not expected.isnan().any() and torch.equal(out2[:1], expected)

@@ -18,11 +18,11 @@ from typing import Callable
 import pytest
 import torch
 
-from anyattn.core import ops
-from anyattn.core import spans as span_lib
-from anyattn.core.builders import build_plan, cu_seqlens
-from anyattn.core.params import AttnParams
-from anyattn.core.plan import AttnPlan
+from anyattn import core
+from anyattn.core.semantics import spans as span_lib
+from anyattn.core import build_plan, cu_seqlens
+from anyattn.core.semantics.params import AttnParams
+from anyattn.core import AttnPlan
 
 from batches import dense_attention, paged_batch, sequence_kv
 
@@ -61,7 +61,7 @@ class Call:
         kwargs = dict(self.kwargs)
         for name, value in changes.items():
             (args if name in args else kwargs)[name] = value
-        return ops.attention(args["q"], args["k_cache"], args["v_cache"], args["plan"],
+        return core.attention(args["q"], args["k_cache"], args["v_cache"], args["plan"],
                              args["params"], **kwargs)
 
 
@@ -268,7 +268,7 @@ def _kv_write_corruptions(call: Call) -> dict[str, tuple[str, Callable]]:
     padding = torch.tensor([-1, -1])
 
     def write(slot_mapping, k_=k, **kw):
-        ops.write_kv_cache(k_, v, k_cache, v_cache, slot_mapping.to(k.device), **kw)
+        core.write_kv_cache(k_, v, k_cache, v_cache, slot_mapping.to(k.device), **kw)
 
     return {
         "slot_past_cache": ("slot_mapping", lambda: write(torch.tensor([0, slots]))),

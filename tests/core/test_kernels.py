@@ -5,10 +5,10 @@ import random
 import pytest
 import torch
 
-from anyattn.core import ops
-from anyattn.core.builders import build_plan
-from anyattn.core.params import AttnParams
-from anyattn.core.reference import reference_attention
+from anyattn import core
+from anyattn.core import build_plan
+from anyattn.core.semantics.params import AttnParams
+from anyattn.core.semantics.reference import reference_attention
 
 from batches import paged_batch
 
@@ -49,7 +49,7 @@ def run_both(case: dict, dtype: torch.dtype, seed: int):
                     seed=seed, num_splits=case["num_splits"], cache_layout=case["cache_layout"])
     sinks = torch.randn(case["hq"], device=DEVICE) if case["sinks"] else None
     out = torch.full((b.q.shape[0], case["hq"], case["dv"]), math.nan, dtype=dtype, device=DEVICE)
-    got, got_lse = ops.attention(b.q, b.k_cache, b.v_cache, b.plan, case["params"], sinks=sinks,
+    got, got_lse = core.attention(b.q, b.k_cache, b.v_cache, b.plan, case["params"], sinks=sinks,
                                  out=out, return_lse=True)
     ref, ref_lse = reference_attention(b.q, b.k_cache, b.v_cache, b.plan, case["params"], sinks=sinks)
     return got, got_lse, ref, ref_lse
@@ -138,9 +138,10 @@ def test_deterministic_output_independent_of_batch():
                         device=DEVICE, seed=5, deterministic=True)
     p = crowd.plan
     alone = build_plan(p.cu_seqlens_q[:2], p.seqused_k[:1], max_seqlen_q=3, max_seqlen_k=500,
-                       page_table=p.page_table[:1], num_kv_heads=2, deterministic=True)
-    out_crowd = ops.attention(crowd.q, crowd.k_cache, crowd.v_cache, p, params)
-    out_alone = ops.attention(crowd.q[:3], crowd.k_cache, crowd.v_cache, alone, params)
+                       page_table=p.page_table[:1], page_size=p.page_size, num_kv_heads=2,
+                       deterministic=True)
+    out_crowd = core.attention(crowd.q, crowd.k_cache, crowd.v_cache, p, params)
+    out_alone = core.attention(crowd.q[:3], crowd.k_cache, crowd.v_cache, alone, params)
     assert torch.equal(out_crowd[:3], out_alone)
     ref, _ = reference_attention(crowd.q[:3], crowd.k_cache, crowd.v_cache, alone, params)
     torch.testing.assert_close(out_alone.float(), ref.float(), atol=TOL[dtype], rtol=TOL[dtype])
@@ -153,8 +154,8 @@ def test_merge_state_kernel_matches_reference():
     lse_a, lse_b = (torch.randn(h, t, generator=gen).to(DEVICE) for _ in range(2))
     lse_a[0, 0] = -math.inf
     lse_a[1, 1] = lse_b[1, 1] = -math.inf
-    o, lse = ops.merge_state(o_a, lse_a, o_b, lse_b)
-    from anyattn.core.reference import merge_state_reference
+    o, lse = core.merge_state(o_a, lse_a, o_b, lse_b)
+    from anyattn.core.semantics.reference import merge_state_reference
     ref_o, ref_lse = merge_state_reference(o_a, lse_a, o_b, lse_b)
     torch.testing.assert_close(o, ref_o, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(lse, ref_lse, atol=1e-5, rtol=1e-5)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from anyattn.core import ops
+from anyattn import core
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -34,7 +34,7 @@ def test_kv_write_matches_indexing(layout, page_size):
     slots = torch.randperm(pages * page_size, generator=gen)[:n].to(DEVICE)
     slots[2] = -1
     ek, ev = _expected(k.cpu(), v.cpu(), k_cache.cpu(), v_cache.cpu(), slots.cpu())
-    ops.write_kv_cache(k, v, k_cache, v_cache, slots)
+    core.write_kv_cache(k, v, k_cache, v_cache, slots)
     assert torch.equal(k_cache.cpu(), ek) and torch.equal(v_cache.cpu(), ev)
 
 
@@ -48,7 +48,7 @@ def test_kv_write_fp8_with_scale(representable):
         k, v = (x.to(torch.float8_e4m3fn).float() * 0.5 for x in (k, v))
     slots = torch.tensor([5, -1, 40], device=DEVICE)
     ek, ev = _expected(k, v, k_cache.cpu(), v_cache.cpu(), slots.cpu(), scale=0.5)
-    ops.write_kv_cache(k.to(DEVICE), v.to(DEVICE), k_cache, v_cache, slots,
+    core.write_kv_cache(k.to(DEVICE), v.to(DEVICE), k_cache, v_cache, slots,
                        k_scale=torch.tensor([0.5], device=DEVICE), v_scale=0.5)
     assert torch.equal(k_cache.cpu().float(), ek.float())
     assert torch.equal(v_cache.cpu().float(), ev.float())

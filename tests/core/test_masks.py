@@ -9,8 +9,9 @@ import zlib
 import pytest
 import torch
 
-from anyattn.core import masks, ops
-from anyattn.core.params import AttnParams
+from anyattn import core
+from anyattn.core.semantics import masks
+from anyattn.core.semantics.params import AttnParams
 
 from batches import dense_attention, paged_batch, sequence_kv
 from oracle import reference_path
@@ -59,7 +60,7 @@ def test_layouts_against_reference_and_dense(mask_layout, bias_layout, heads_kin
     params = AttnParams(softmax_scale=0.2, causal=rng.random() < 0.5)
     kw = dict(attn_mask=None if mask is None else mask.to(DEVICE),
               attn_bias=None if bias is None else bias.to(DEVICE))
-    got, lse = ops.attention(batch.q, batch.k_cache, batch.v_cache, batch.plan, params,
+    got, lse = core.attention(batch.q, batch.k_cache, batch.v_cache, batch.plan, params,
                              return_lse=True, **kw)
     assert not got.isnan().any()
     # The oracle: the reference path on the same inputs ...
@@ -103,7 +104,7 @@ def test_shared_key_side_terms_with_other_features(feature, heads_kind):
                "chunk": dict(chunk_size=64)}.get(feature, {}))
     params = AttnParams(**kw)
     sinks = torch.randn(hq, generator=gen).to(DEVICE) if feature == "sinks" else None
-    got = ops.attention(batch.q, batch.k_cache, batch.v_cache, batch.plan, params, sinks=sinks,
+    got = core.attention(batch.q, batch.k_cache, batch.v_cache, batch.plan, params, sinks=sinks,
                         attn_mask=mask.to(DEVICE), attn_bias=bias.to(DEVICE))
     assert not got.isnan().any()
     q0 = 0
@@ -133,7 +134,7 @@ def test_shared_key_side_terms_with_fp8_descale(softcap):
     bias = (torch.randn(sum(k_lens), 1, generator=gen) * 10).to(DEVICE)
     params = AttnParams(softmax_scale=0.2, causal=True, softcap=softcap)
     kw = dict(k_descale=k_descale, v_descale=v_descale, attn_mask=mask, attn_bias=bias)
-    got = ops.attention(batch.q, k8, v8, batch.plan, params, **kw)
+    got = core.attention(batch.q, k8, v8, batch.plan, params, **kw)
     ref = reference_path(batch.q, k8, v8, batch.plan, params, **kw)
     assert not got.isnan().any()
     torch.testing.assert_close(got.float(), ref.float(), atol=TOL, rtol=TOL)
@@ -146,13 +147,13 @@ def test_fully_masked_rows_give_zero_and_neg_inf_lse():
     mask[3, 2] = False       # sequence 1: query head 2 sees nothing
     bias = torch.zeros(110, 1, device=DEVICE)
     bias[:40] = -math.inf    # key-side bias hiding all of sequence 0 except via nothing
-    out, lse = ops.attention(batch.q, batch.k_cache, batch.v_cache, batch.plan,
+    out, lse = core.attention(batch.q, batch.k_cache, batch.v_cache, batch.plan,
                              AttnParams(softmax_scale=0.2), attn_mask=mask, return_lse=True)
     assert not out.isnan().any()
     assert torch.equal(out[1], torch.zeros_like(out[1])) and bool(torch.isneginf(lse[:, 1]).all())
     assert torch.equal(out[3, 2], torch.zeros_like(out[3, 2])) and bool(torch.isneginf(lse[2, 3]))
     assert bool((lse[:, 0] > -math.inf).all())
-    out2, lse2 = ops.attention(batch.q, batch.k_cache, batch.v_cache, batch.plan,
+    out2, lse2 = core.attention(batch.q, batch.k_cache, batch.v_cache, batch.plan,
                                AttnParams(softmax_scale=0.2), attn_bias=bias, return_lse=True)
     assert torch.equal(out2[:3], torch.zeros_like(out2[:3])) and bool(torch.isneginf(lse2[:, :3]).all())
     assert bool((lse2[:, 3] > -math.inf).all())
@@ -169,9 +170,9 @@ def test_one_query_against_long_cache_with_padding_mask():
     pad = torch.ones(sum(k_lens), 1, dtype=torch.bool)
     pad[:50] = False          # left padding of sequence 0
     pad[700 + 290:] = False   # right padding of sequence 1
-    out = ops.attention(batch.q, batch.k_cache, batch.v_cache, batch.plan,
+    out = core.attention(batch.q, batch.k_cache, batch.v_cache, batch.plan,
                         AttnParams(softmax_scale=0.125), attn_mask=pad.to(DEVICE))
-    unmasked = ops.attention(batch.q, batch.k_cache, batch.v_cache, batch.plan,
+    unmasked = core.attention(batch.q, batch.k_cache, batch.v_cache, batch.plan,
                              AttnParams(softmax_scale=0.125))
     for b, k_len in enumerate(k_lens):
         k, v = sequence_kv(batch, b, k_len)
@@ -194,7 +195,7 @@ def test_one_query_against_long_cache_with_padding_mask():
 def test_bad_masks(bad, match):
     batch = paged_batch([3, 1], [9, 20], hq=4, hk=2, d=16)
     with pytest.raises(ValueError, match=match):
-        ops.attention(batch.q, batch.k_cache, batch.v_cache, batch.plan,
+        core.attention(batch.q, batch.k_cache, batch.v_cache, batch.plan,
                       AttnParams(softmax_scale=0.2), **bad)
 
 
@@ -210,14 +211,14 @@ def test_key_side_mask_and_bias_row_counts_must_match():
 
 MEMORY_PROBE = r"""
 import resource, torch
-from anyattn.core.builders import build_plan
-from anyattn.core.params import AttnParams
-from anyattn.core.reference import reference_attention
+from anyattn.core import build_plan
+from anyattn.core.semantics.params import AttnParams
+from anyattn.core.semantics.reference import reference_attention
 torch.manual_seed(0)
 n = int(__import__("sys").argv[1])
 q, k, v = torch.randn(n, 1, 16), torch.randn(n, 1, 16), torch.randn(n, 1, 16)
 mask = torch.rand(n, 1) < 0.9
-from anyattn.core import masks
+from anyattn.core.semantics import masks
 plan = build_plan(torch.tensor([0, n]), torch.tensor([n]), max_seqlen_q=n, max_seqlen_k=n,
                   cu_seqlens_k=torch.tensor([0, n]))
 spec = masks.describe("attn_mask", mask, plan=plan, total_q=n, hq=1, hk=1, device=q.device)

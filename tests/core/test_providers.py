@@ -13,15 +13,16 @@ import os
 import pytest
 import torch
 
-from anyattn.core import ops, providers
-from anyattn.core.builders import build_plan
-from anyattn.core.graph import GraphPlanBuffers
-from anyattn.core.kernels import fa3
-from anyattn.core.params import AttnParams
-from anyattn.core.reference import reference_attention
-from anyattn.core.spans import span_table
+from anyattn import core
+from anyattn.core import build_plan, providers
+from anyattn.core.plan import plan as plan_module
+from anyattn.core.providers import fa3
+from anyattn.core.semantics.params import AttnParams
+from anyattn.core.semantics.reference import reference_attention
+from anyattn.core.semantics.spans import span_table
 
 from batches import paged_batch
+from graph_storage import GraphStorage
 
 HQ, HK, D = 8, 2, 32
 # CPU: the Triton kernels under the interpreter; a CUDA machine: compiled, on CUDA tensors.
@@ -60,6 +61,7 @@ class FakeFA3:
                             window_right=right, softcap=softcap)
         plan = build_plan(cu_seqlens_q, seqused_k, max_seqlen_q=max_seqlen_q,
                           max_seqlen_k=max_seqlen_k, page_table=block_table,
+                          page_size=k.shape[1] if block_table is not None else None,
                           cu_seqlens_k=cu_seqlens_k)
         o, lse = _reference(q, k, v, plan, params, s_aux)
         return self._finish(o, lse, out, return_softmax_lse)
@@ -74,7 +76,7 @@ class FakeFA3:
                             softcap=softcap)
         plan = build_plan(cu_seqlens_q, cache_seqlens, max_seqlen_q=max_seqlen_q,
                           max_seqlen_k=page_table.shape[1] * k_cache.shape[1],
-                          page_table=page_table)
+                          page_table=page_table, page_size=k_cache.shape[1])
         o, lse = _reference(q, k_cache, v_cache, plan, params, sinks)
         return self._finish(o, lse, out, return_softmax_lse)
 
@@ -92,7 +94,7 @@ def fake_fa3(monkeypatch, request):
 @pytest.fixture
 def kernel_calls(monkeypatch):
     """Counts launches of anyattn's own Triton attention kernel."""
-    from anyattn.core.kernels import attention as kernels
+    from anyattn.core.providers.triton import attention as kernels
 
     calls = []
     original = kernels.run_attention
@@ -107,7 +109,7 @@ def _batch(q_lens, k_lens, dtype=torch.float16, seed=0, **kw):
 
 
 def _run(b, params, **kw):
-    return ops.attention(b.q, b.k_cache, b.v_cache, b.plan, params, **kw)
+    return core.attention(b.q, b.k_cache, b.v_cache, b.plan, params, **kw)
 
 
 def _close(got, want, tol=2e-3):
@@ -123,7 +125,7 @@ def test_no_fa3_installed_means_triton(monkeypatch, kernel_calls):
     b = _batch([40], [60])
     _close(_run(b, P), reference_attention(b.q, b.k_cache, b.v_cache, b.plan, P)[0])
     (sched,) = b.plan.schedules.values()
-    assert sched.provider == "triton" and "not installed" in sched.reason
+    assert sched.provider.name == "triton" and "not installed" in sched.reason
     assert kernel_calls
 
 
@@ -143,7 +145,7 @@ def test_prefill_goes_to_fa3_with_the_same_semantics(fake_fa3, kernel_calls, par
     _close(got, want, tol=2e-2)  # bf16 (the interpreter upcasts it; CUDA rounds)
     torch.testing.assert_close(lse, want_lse, atol=2e-2, rtol=2e-2)
     (sched,) = b.plan.schedules.values()
-    assert sched.provider == "fa3"
+    assert sched.provider.name == "fa3"
 
 
 def test_empty_rows_get_lse_minus_inf_from_fa3(fake_fa3):
@@ -163,7 +165,7 @@ def test_decode_stays_on_triton(fake_fa3, kernel_calls):
     _close(_run(b, P), reference_attention(b.q, b.k_cache, b.v_cache, b.plan, P)[0])
     assert kernel_calls and not fake_fa3.calls
     (sched,) = b.plan.schedules.values()
-    assert sched.provider == "triton" and "split-KV" in sched.reason
+    assert sched.provider.name == "triton" and "split-KV" in sched.reason
 
 
 @pytest.mark.parametrize("choice,q_len,provider", [("triton", 20, "triton"), ("fa3", 1, "fa3"),
@@ -172,7 +174,7 @@ def test_override_variable(fake_fa3, monkeypatch, choice, q_len, provider):
     monkeypatch.setenv("ANYATTN_KERNELS", choice)
     b = _batch([q_len], [40])
     _close(_run(b, P), reference_attention(b.q, b.k_cache, b.v_cache, b.plan, P)[0])
-    assert [s.provider for s in b.plan.schedules.values()] == [provider]
+    assert [s.provider.name for s in b.plan.schedules.values()] == [provider]
 
 
 def test_bad_override_is_refused(fake_fa3, monkeypatch):
@@ -214,7 +216,7 @@ def test_uncovered_calls_fall_back_to_triton(fake_fa3, kernel_calls, case):
         plan = dataclasses.replace(b.plan, spans=table, span_counts=counts)
     elif case == "alibi":  # FA3 dropped FA2's alibi_slopes
         kw = dict(alibi_slopes=torch.rand(HQ, device=DEV))
-    got = ops.attention(q, k, v, plan, params, **kw)
+    got = core.attention(q, k, v, plan, params, **kw)
     want = reference_attention(q, k, v, plan, params, **{
         key: val for key, val in kw.items()
         if key in ("sinks", "k_descale", "v_descale", "alibi_slopes")},
@@ -225,7 +227,7 @@ def test_uncovered_calls_fall_back_to_triton(fake_fa3, kernel_calls, case):
 
 
 def _reference_masks(b, kw, q):
-    from anyattn.core import masks
+    from anyattn.core.semantics import masks
 
     shape = dict(plan=b.plan, total_q=q.shape[0], hq=HQ, hk=HK, device=q.device)
     return dict(mask=masks.describe("attn_mask", kw.get("attn_mask"), **shape),
@@ -240,7 +242,7 @@ def test_contiguous_keys(fake_fa3, kernel_calls):
     q = torch.randn(48, HQ, D, generator=gen).half().to(DEV)
     cu = torch.tensor([0, 20, 48], dtype=torch.int32, device=DEV)
     cu_k = torch.tensor([0, 25, 60], dtype=torch.int32, device=DEV)
-    got = ops.flash_attn_varlen_func(q, k, v, cu, cu_k, causal=True)
+    got = core.flash_attn_varlen_func(q, k, v, cu, cu_k, causal=True)
     plan = build_plan(cu, None, max_seqlen_q=28, max_seqlen_k=35, cu_seqlens_k=cu_k)
     _close(got, reference_attention(q, k, v, plan, P)[0])
     uses_fa3 = fa3.source().varlen is not None
@@ -248,7 +250,7 @@ def test_contiguous_keys(fake_fa3, kernel_calls):
     # seqused_k shorter than the spans: Triton (the vLLM wrapper takes one or the other).
     fake_fa3.calls.clear()
     short = torch.tensor([10, 30], dtype=torch.int32, device=DEV)
-    got = ops.flash_attn_varlen_func(q[:40], k, v, torch.tensor([0, 10, 40], dtype=torch.int32, device=DEV),
+    got = core.flash_attn_varlen_func(q[:40], k, v, torch.tensor([0, 10, 40], dtype=torch.int32, device=DEV),
                                      cu_k, seqused_k=short, causal=True)
     plan = build_plan(torch.tensor([0, 10, 40], dtype=torch.int32, device=DEV), short, max_seqlen_q=30,
                       max_seqlen_k=30, cu_seqlens_k=cu_k)
@@ -259,9 +261,9 @@ def test_contiguous_keys(fake_fa3, kernel_calls):
 def test_bad_input_raises_before_any_provider(fake_fa3, kernel_calls):
     b = _batch([20], [40])
     with pytest.raises(ValueError, match="num_kv_heads"):
-        ops.attention(b.q[:, :7], b.k_cache, b.v_cache, b.plan, P)
+        core.attention(b.q[:, :7], b.k_cache, b.v_cache, b.plan, P)
     with pytest.raises(ValueError, match="out"):
-        ops.attention(b.q, b.k_cache, b.v_cache, b.plan, P, out=torch.empty(3, HQ, D, device=DEV).half())
+        core.attention(b.q, b.k_cache, b.v_cache, b.plan, P, out=torch.empty(3, HQ, D, device=DEV).half())
     assert not fake_fa3.calls and not kernel_calls and not b.plan.schedules
 
 
@@ -275,12 +277,12 @@ def test_empty_batch_returns_empty_output(fake_fa3, monkeypatch, impl):
         monkeypatch.setenv("ANYATTN_KERNELS", impl)
     b = _batch([5], [20])
     q = b.q[:0]
-    out, lse = ops.flash_attn_with_kvcache(
+    out, lse = core.flash_attn_with_kvcache(
         q, b.k_cache, b.v_cache, cache_seqlens=torch.zeros(0, dtype=torch.int32, device=DEV),
         page_table=b.plan.page_table[:0], cu_seqlens_q=torch.zeros(1, dtype=torch.int32, device=DEV),
         causal=True, return_softmax_lse=True)
     assert out.shape == (0, HQ, D) and lse.shape == (HQ, 0)
-    out = ops.flash_attn_varlen_func(q, b.k_cache[0], b.v_cache[0],
+    out = core.flash_attn_varlen_func(q, b.k_cache[0], b.v_cache[0],
                                      torch.zeros(1, dtype=torch.int32, device=DEV),
                                      torch.zeros(1, dtype=torch.int32, device=DEV))
     assert out.shape == (0, HQ, D) and not fake_fa3.calls
@@ -289,16 +291,16 @@ def test_empty_batch_returns_empty_output(fake_fa3, monkeypatch, impl):
 def test_graph_plan_keeps_its_choice_across_steps(fake_fa3):
     """The schedule is chosen once per captured batch size and survives in-place updates."""
     w = providers.Workload(torch.device(DEV), torch.float16, torch.float16, D, D, HQ, HK)
-    bufs = GraphPlanBuffers(4, 8, max_seqlen_q=8, page_size=16, num_kv_heads=HK, device=DEV,
+    bufs = GraphStorage(4, 8, max_seqlen_q=8, page_size=16, num_kv_heads=HK, device=DEV,
                             workload=w)
     first = bufs.plan(2)
-    assert first.schedules[w].provider == "fa3"  # 8 tokens x group 4 = 32 rows
+    assert first.schedules[w].provider.name == "fa3"  # 8 tokens x group 4 = 32 rows
     b = _batch([8, 8], [40, 100], seed=9)
     for _ in range(2):
         plan = bufs.update(2, cu_seqlens_q=b.plan.cu_seqlens_q, seqused_k=b.plan.seqused_k,
                            page_table=b.plan.page_table)
         assert plan is first and len(plan.schedules) == 1
-        _close(ops.attention(b.q, b.k_cache, b.v_cache, plan, P),
+        _close(core.attention(b.q, b.k_cache, b.v_cache, plan, P),
                reference_attention(b.q, b.k_cache, b.v_cache, b.plan, P)[0])
     assert fake_fa3.calls
 
@@ -306,8 +308,8 @@ def test_graph_plan_keeps_its_choice_across_steps(fake_fa3):
 def test_schedule_is_made_once_per_plan(fake_fa3, monkeypatch):
     b = _batch([20], [40])
     made = []
-    original = providers._choose
-    monkeypatch.setattr(providers, "_choose", lambda *a: made.append(1) or original(*a))
+    original = plan_module.make_schedule
+    monkeypatch.setattr(plan_module, "make_schedule", lambda *a: made.append(1) or original(*a))
     for _ in range(3):
         _run(b, P)
     assert len(made) == 1 and len(fake_fa3.calls) == 3

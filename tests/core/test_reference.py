@@ -5,8 +5,8 @@ import random
 import pytest
 import torch
 
-from anyattn.core.params import AttnParams
-from anyattn.core.reference import merge_state_reference, reference_attention
+from anyattn.core.semantics.params import AttnParams
+from anyattn.core.semantics.reference import merge_state_reference, reference_attention
 
 from batches import dense_attention, paged_batch, sequence_kv
 

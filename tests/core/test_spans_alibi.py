@@ -8,9 +8,10 @@ import random
 import pytest
 import torch
 
-from anyattn.core import ops, spans as span_lib
-from anyattn.core.graph import GraphPlanBuffers
-from anyattn.core.params import AttnParams
+from anyattn import core
+from anyattn.core.semantics import spans as span_lib
+from graph_storage import GraphStorage
+from anyattn.core.semantics.params import AttnParams
 
 from batches import dense_attention, paged_batch, sequence_kv
 from oracle import reference_path
@@ -37,7 +38,7 @@ def image_ids(spans, k_len):
 def check(batch, plan, params, q_lens, k_lens, spans, *, slopes=None, sinks=None, tol=TOL):
     """Kernels vs reference path vs dense oracle, per sequence; returns the kernels' output."""
     kw = dict(alibi_slopes=slopes, sinks=sinks)
-    got, lse = ops.attention(batch.q, batch.k_cache, batch.v_cache, plan, params,
+    got, lse = core.attention(batch.q, batch.k_cache, batch.v_cache, plan, params,
                              return_lse=True, **kw)
     ref, ref_lse = reference_path(batch.q, batch.k_cache, batch.v_cache, plan, params,
                                   return_lse=True, **kw)
@@ -82,11 +83,11 @@ def test_spans(name):
                         device=DEVICE, seed=seed)
     params = AttnParams(softmax_scale=D ** -0.5)
     got = check(batch, with_spans(batch.plan, spans, k_lens), params, q_lens, k_lens, spans)
-    causal = ops.attention(batch.q, batch.k_cache, batch.v_cache, batch.plan, params)
+    causal = core.attention(batch.q, batch.k_cache, batch.v_cache, batch.plan, params)
     assert (got.float() - causal.float()).abs().max() > 0.05, "the spans change nothing here"
     # A layer that keeps causal attention on the same plan (Gemma-4's full layers).
     ignore = dataclasses.replace(params, use_spans=False)
-    torch.testing.assert_close(ops.attention(batch.q, batch.k_cache, batch.v_cache,
+    torch.testing.assert_close(core.attention(batch.q, batch.k_cache, batch.v_cache,
                                              with_spans(batch.plan, spans, k_lens), ignore),
                                causal, atol=TOL, rtol=TOL)
 
@@ -125,7 +126,7 @@ def test_spans_with_sliding_window(in_window):
     params = AttnParams(softmax_scale=D ** -0.5, window_left=7, spans_in_window=in_window)
     got = check(batch, plan, params, q_lens, k_lens, spans)
     other = dataclasses.replace(params, spans_in_window=not in_window)
-    assert (got.float() - ops.attention(batch.q, batch.k_cache, batch.v_cache, plan,
+    assert (got.float() - core.attention(batch.q, batch.k_cache, batch.v_cache, plan,
                                         other).float()).abs().max() > 0.05
 
 
@@ -172,7 +173,7 @@ def test_alibi(name):
     slopes = alibi_slopes(hq) / (64 if "long" in name else 1)  # keep far keys in play
     params = AttnParams(softmax_scale=D ** -0.5)
     got = check(batch, batch.plan, params, q_lens, k_lens, [[]] * len(q_lens), slopes=slopes)
-    plain = ops.attention(batch.q, batch.k_cache, batch.v_cache, batch.plan, params)
+    plain = core.attention(batch.q, batch.k_cache, batch.v_cache, batch.plan, params)
     assert (got.float() - plain.float()).abs().max() > 0.05, "ALiBi changes nothing here"
 
 
@@ -187,7 +188,7 @@ def test_alibi_with_spans_window_softcap_and_bias():
     params = AttnParams(softmax_scale=D ** -0.5, softcap=8.0, window_left=12)
     slopes = alibi_slopes(HQ)
     plan = with_spans(batch.plan, spans, k_lens)
-    got = ops.attention(batch.q, batch.k_cache, batch.v_cache, plan, params,
+    got = core.attention(batch.q, batch.k_cache, batch.v_cache, plan, params,
                         alibi_slopes=slopes, attn_bias=bias.to(DEVICE))
     ref = reference_path(batch.q, batch.k_cache, batch.v_cache, plan, params,
                          alibi_slopes=slopes, attn_bias=bias.to(DEVICE))
@@ -216,7 +217,7 @@ def test_alibi_with_fp8_kv_and_descales(kv):
     k8, v8 = batch.k_cache.to(dtype8), batch.v_cache.to(dtype8)
     kw = dict(k_descale=k_descale, v_descale=v_descale, alibi_slopes=alibi_slopes(HQ))
     params = AttnParams(softmax_scale=D ** -0.5)
-    got = ops.attention(batch.q, k8, v8, batch.plan, params, **kw)
+    got = core.attention(batch.q, k8, v8, batch.plan, params, **kw)
     ref = reference_path(batch.q, k8, v8, batch.plan, params, **kw)
     torch.testing.assert_close(got.float(), ref.float(), atol=TOL, rtol=TOL)
     q0 = 0
@@ -242,7 +243,7 @@ def test_flash_attn_varlen_func_alibi():
     cu_k = torch.tensor([0, 50, 90], dtype=torch.int32, device=DEVICE)
     slopes = alibi_slopes(HQ)
     for causal in (True, False):
-        got = ops.flash_attn_varlen_func(q, k, v, cu_q, cu_k, causal=causal, alibi_slopes=slopes)
+        got = core.flash_attn_varlen_func(q, k, v, cu_q, cu_k, causal=causal, alibi_slopes=slopes)
         for (q0, q1), (k0, k1) in (((0, 30), (0, 50)), ((30, 70), (50, 90))):
             want, _ = dense_attention(q[q0:q1].cpu(), k[k0:k1].cpu(), v[k0:k1].cpu(),
                                       scale=D ** -0.5, causal=causal, alibi=slopes.cpu())
@@ -252,7 +253,7 @@ def test_flash_attn_varlen_func_alibi():
 def test_graph_buffers_carry_spans_in_place():
     """Span storage preallocated with the plans: replays copy spans in place, steps without
     spans empty the counts, and more spans than the storage holds are refused."""
-    bufs = GraphPlanBuffers(4, 8, max_seqlen_q=2, page_size=16, num_kv_heads=HK, device=DEVICE,
+    bufs = GraphStorage(4, 8, max_seqlen_q=2, page_size=16, num_kv_heads=HK, device=DEVICE,
                             max_spans=2)
     q_lens, k_lens = [2, 2, 2], [40, 70, 2]
     batch = paged_batch(q_lens, k_lens, hq=HQ, hk=HK, d=D, dtype=DTYPE, device=DEVICE, seed=4)
@@ -292,7 +293,7 @@ def test_bad_spans_are_refused(spans, match):
     counts = torch.tensor([len(s) for s in spans], dtype=torch.int32)
     plan = dataclasses.replace(batch.plan, spans=table, span_counts=counts)
     with pytest.raises(ValueError, match="^spans: .*" + match):
-        ops.attention(batch.q, batch.k_cache, batch.v_cache, plan, AttnParams(softmax_scale=0.2))
+        core.attention(batch.q, batch.k_cache, batch.v_cache, plan, AttnParams(softmax_scale=0.2))
 
 
 @pytest.mark.parametrize("change,match", [
@@ -306,9 +307,9 @@ def test_bad_span_tables_are_refused(change, match):
     batch = paged_batch([1, 1], [50, 40], hq=HQ, hk=HK, d=D)
     good = dict(spans=torch.zeros(2, 1, 2, dtype=torch.int32),
                 span_counts=torch.zeros(2, dtype=torch.int32))
-    plan = dataclasses.replace(batch.plan, **{**good, **change})
-    with pytest.raises(ValueError, match=match):
-        ops.attention(batch.q, batch.k_cache, batch.v_cache, plan, AttnParams(softmax_scale=0.2))
+    with pytest.raises(ValueError, match=match):  # when the plan is built, or at the call
+        plan = dataclasses.replace(batch.plan, **{**good, **change})
+        core.attention(batch.q, batch.k_cache, batch.v_cache, plan, AttnParams(softmax_scale=0.2))
 
 
 @pytest.mark.parametrize("slopes,match", [
@@ -321,7 +322,7 @@ def test_bad_span_tables_are_refused(change, match):
 def test_bad_alibi_slopes_are_refused(slopes, match):
     batch = paged_batch([3], [9], hq=HQ, hk=HK, d=D)
     with pytest.raises(ValueError, match=match):
-        ops.attention(batch.q, batch.k_cache, batch.v_cache, batch.plan,
+        core.attention(batch.q, batch.k_cache, batch.v_cache, batch.plan,
                       AttnParams(softmax_scale=0.2), alibi_slopes=slopes)
 
 
@@ -333,7 +334,7 @@ def test_alibi_convention_is_fa2s():
     v = torch.eye(3, 16, device=DEVICE, dtype=DTYPE)[:, None, :]
     cu_q = torch.tensor([0, 1], dtype=torch.int32, device=DEVICE)
     cu_k = torch.tensor([0, 3], dtype=torch.int32, device=DEVICE)
-    out = ops.flash_attn_varlen_func(q, k, v, cu_q, cu_k, causal=True,
+    out = core.flash_attn_varlen_func(q, k, v, cu_q, cu_k, causal=True,
                                      alibi_slopes=torch.tensor([math.log(2.0)], device=DEVICE))
     torch.testing.assert_close(out[0, 0, :3].float().cpu(), torch.tensor([1.0, 2.0, 4.0]) / 7,
                                atol=TOL, rtol=TOL)

@@ -1,11 +1,11 @@
-"""``core.views``: a cache in the pages a plan counts in, FP8 descales as [batch, Hk]."""
+"""``core.plan.views``: a cache in the pages a plan counts in, FP8 descales as [batch, Hk]."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from anyattn.core.builders import build_plan, uniform_cu_seqlens
-from anyattn.core.views import cache_view, expand_descale
+from anyattn.core import build_plan, uniform_cu_seqlens
+from anyattn.core.plan.views import cache_view, expand_descale
 
 
 def _plan(page_size):
@@ -25,7 +25,6 @@ def test_token_major_buffer_viewed_in_the_plans_pages():
 def test_paged_cache_regrouped_or_left_alone():
     cache = torch.randn(5, 16, 2, 8)
     assert cache_view(cache, _plan(16)) is cache
-    assert cache_view(cache, _plan(None)) is cache
     slots = cache_view(cache, _plan(1))
     assert slots.shape == (80, 1, 2, 8) and torch.equal(slots[3 * 16 + 7, 0], cache[3, 7])
 
@@ -60,3 +59,8 @@ def test_expand_descale_bad_shape_and_none():
     assert expand_descale(None, 3, 2, "cpu") is None
     with pytest.raises(ValueError, match="num_kv_heads=2"):
         expand_descale(torch.ones(3), 4, 2, "cpu")
+
+
+def test_paged_plans_must_say_their_page_size():
+    with pytest.raises(ValueError, match="page_size: required with page_table"):
+        _plan(None)

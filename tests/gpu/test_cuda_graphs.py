@@ -3,10 +3,10 @@ lengths and page tables: bitwise equal to eager, close to the reference, and syn
 import pytest
 import torch
 
-from anyattn.core import ops
-from anyattn.core.graph import GraphPlanBuffers
-from anyattn.core.params import AttnParams
-from anyattn.core.reference import reference_attention
+from anyattn import core
+from graph_storage import GraphStorage
+from anyattn.core.semantics.params import AttnParams
+from anyattn.core.semantics.reference import reference_attention
 
 HQ, HK, D, PAGE, MAX_PAGES, NUM_PAGES = 32, 8, 128, 16, 64, 8192
 PARAMS = AttnParams(softmax_scale=D ** -0.5)
@@ -28,7 +28,7 @@ def test_graph_replay_bitwise_equals_eager(bs, q_len):
     gen = torch.Generator(device="cuda").manual_seed(bs * 10 + q_len)
     k_cache = torch.randn(NUM_PAGES, PAGE, HK, D, generator=gen, device="cuda").bfloat16()
     v_cache = torch.randn(NUM_PAGES, PAGE, HK, D, generator=gen, device="cuda").bfloat16()
-    bufs = GraphPlanBuffers(64, MAX_PAGES, max_seqlen_q=q_len, page_size=PAGE, num_kv_heads=HK,
+    bufs = GraphStorage(64, MAX_PAGES, max_seqlen_q=q_len, page_size=PAGE, num_kv_heads=HK,
                             device="cuda")
     cu_q, k_lens, table, q = _step_inputs(gen, bs, q_len)
     plan = bufs.update(bs, cu_seqlens_q=cu_q, seqused_k=k_lens, page_table=table)
@@ -36,21 +36,21 @@ def test_graph_replay_bitwise_equals_eager(bs, q_len):
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):  # warm-up compiles the kernels outside capture
-        ops.attention(static_q, k_cache, v_cache, plan, PARAMS, out=static_out)
+        core.attention(static_q, k_cache, v_cache, plan, PARAMS, out=static_out)
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     replays, eagers = [], []
     torch.cuda.set_sync_debug_mode("error")  # capture, update, replay and eager: no sync
     try:
         with torch.cuda.graph(graph):
-            ops.attention(static_q, k_cache, v_cache, plan, PARAMS, out=static_out)
+            core.attention(static_q, k_cache, v_cache, plan, PARAMS, out=static_out)
         for _ in range(3):
             cu_q, k_lens, table, q = _step_inputs(gen, bs, q_len)
             bufs.update(bs, cu_seqlens_q=cu_q, seqused_k=k_lens, page_table=table)
             static_q.copy_(q)
             graph.replay()
             replays.append(static_out.clone())
-            eagers.append(ops.attention(q, k_cache, v_cache, plan, PARAMS))
+            eagers.append(core.attention(q, k_cache, v_cache, plan, PARAMS))
     finally:
         torch.cuda.set_sync_debug_mode("default")
     for replayed, eager in zip(replays, eagers):

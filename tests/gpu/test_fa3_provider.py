@@ -11,12 +11,13 @@ import random
 import pytest
 import torch
 
-from anyattn.core import ops, providers
-from anyattn.core.builders import build_plan
-from anyattn.core.graph import GraphPlanBuffers
-from anyattn.core.kernels import fa3
-from anyattn.core.params import AttnParams
-from anyattn.core.reference import reference_attention
+from anyattn import core
+from anyattn.core import providers
+from anyattn.core import build_plan
+from graph_storage import GraphStorage
+from anyattn.core.providers import fa3
+from anyattn.core.semantics.params import AttnParams
+from anyattn.core.semantics.reference import reference_attention
 
 from batches import paged_batch
 
@@ -71,7 +72,7 @@ def test_fa3_matches_reference(monkeypatch, fa3_calls, seed):
     sinks = torch.randn(c["hq"], device="cuda").bfloat16() if c["sinks"] else None
     routed = sinks is None or c["dtype"] == torch.bfloat16
     out = torch.full((b.q.shape[0], c["hq"], c["d"]), math.nan, dtype=c["dtype"], device="cuda")
-    got, lse = ops.attention(b.q, b.k_cache, b.v_cache, b.plan, c["params"], sinks=sinks,
+    got, lse = core.attention(b.q, b.k_cache, b.v_cache, b.plan, c["params"], sinks=sinks,
                              out=out, return_lse=True)
     ref, ref_lse = reference_attention(b.q, b.k_cache, b.v_cache, b.plan, c["params"],
                                        sinks=sinks)
@@ -94,7 +95,7 @@ def test_fa3_contiguous_keys(monkeypatch, fa3_calls):
     v = torch.randn_like(k)
     cu_q = torch.tensor([0, 300, 301, 301, 378], dtype=torch.int32, device="cuda")
     cu_k = torch.tensor([0, 300, 800, 809, 886], dtype=torch.int32, device="cuda")
-    got = ops.flash_attn_varlen_func(q, k, v, cu_q, cu_k, causal=True, softcap=20.0)
+    got = core.flash_attn_varlen_func(q, k, v, cu_q, cu_k, causal=True, softcap=20.0)
     plan = build_plan(cu_q, None, max_seqlen_q=300, max_seqlen_k=500, cu_seqlens_k=cu_k)
     ref, _ = reference_attention(q, k, v, plan, AttnParams(softmax_scale=128 ** -0.5,
                                                                softcap=20.0))
@@ -116,7 +117,7 @@ def test_auto_choice_replays_bitwise_in_graphs(monkeypatch, q_len, provider):
     v_cache = torch.randn(NUM_PAGES, PAGE, HK, D, generator=gen, device="cuda").bfloat16()
     w = providers.Workload(torch.device("cuda"), torch.bfloat16, torch.bfloat16, D, D, HQ, HK)
     bs = 8
-    bufs = GraphPlanBuffers(16, MAX_PAGES, max_seqlen_q=q_len, page_size=PAGE, num_kv_heads=HK,
+    bufs = GraphStorage(16, MAX_PAGES, max_seqlen_q=q_len, page_size=PAGE, num_kv_heads=HK,
                             device="cuda", workload=w)
     params = AttnParams(softmax_scale=D ** -0.5, window_left=700, softcap=30.0)
     sinks = torch.randn(HQ, generator=gen, device="cuda").bfloat16()
@@ -131,9 +132,9 @@ def test_auto_choice_replays_bitwise_in_graphs(monkeypatch, q_len, provider):
         return bufs.update(bs, cu_seqlens_q=cu_q, seqused_k=k_lens, page_table=table), q
 
     plan, q = step()
-    assert plan.schedules[w].provider == provider
+    assert plan.schedules[w].provider.name == provider
     static_q, static_out = q.clone(), torch.empty_like(q)
-    run = lambda: ops.attention(static_q, k_cache, v_cache, plan, params, sinks=sinks,
+    run = lambda: core.attention(static_q, k_cache, v_cache, plan, params, sinks=sinks,
                                 out=static_out)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -151,7 +152,7 @@ def test_auto_choice_replays_bitwise_in_graphs(monkeypatch, q_len, provider):
             static_q.copy_(q)
             graph.replay()
             replays.append(static_out.clone())
-            eagers.append(ops.attention(q, k_cache, v_cache, plan, params, sinks=sinks))
+            eagers.append(core.attention(q, k_cache, v_cache, plan, params, sinks=sinks))
     finally:
         torch.cuda.set_sync_debug_mode("default")
     for replayed, eager in zip(replays, eagers):

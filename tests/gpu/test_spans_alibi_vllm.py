@@ -11,15 +11,15 @@ import dataclasses
 import pytest
 import torch
 
-from anyattn.core import ops
-from anyattn.core.params import AttnParams
-from anyattn.core.spans import span_table
+from anyattn import core
+from anyattn.core.semantics.params import AttnParams
+from anyattn.core.semantics.spans import span_table
 
 from batches import paged_batch
 from oracle import reference_path
 
 try:
-    from vllm.v1.attention.ops.triton_unified_attention import unified_attention
+    from vllm.v1.attention.core.triton_unified_attention import unified_attention
 except Exception as e:  # no vLLM on this machine
     pytest.skip(f"vLLM's unified_attention: {type(e).__name__}: {e}", allow_module_level=True)
 
@@ -59,7 +59,7 @@ def test_spans_match_vllm_triton(window):
     plan = dataclasses.replace(batch.plan, spans=table, span_counts=counts)
     params = AttnParams(softmax_scale=D ** -0.5, window_left=-1 if window is None else window - 1,
                         spans_in_window=window is not None)
-    got = ops.attention(batch.q, batch.k_cache, batch.v_cache, plan, params)
+    got = core.attention(batch.q, batch.k_cache, batch.v_cache, plan, params)
     want = vllm_call(batch, torch.empty_like(batch.q), spans=spans, window=window)
     torch.testing.assert_close(got.float(), want.float(), atol=TOL, rtol=TOL)
     ref = reference_path(batch.q, batch.k_cache, batch.v_cache, plan, params)
@@ -73,7 +73,7 @@ def test_alibi_matches_vllm_triton(q_lens, k_lens):
                         seed=2, poison=0.0)
     slopes = 2.0 ** (-8.0 * torch.arange(1, HQ + 1, device="cuda") / HQ)
     params = AttnParams(softmax_scale=D ** -0.5)
-    got = ops.attention(batch.q, batch.k_cache, batch.v_cache, batch.plan, params,
+    got = core.attention(batch.q, batch.k_cache, batch.v_cache, batch.plan, params,
                         alibi_slopes=slopes)
     want = vllm_call(batch, torch.empty_like(batch.q), slopes=slopes)
     torch.testing.assert_close(got.float(), want.float(), atol=TOL, rtol=TOL)

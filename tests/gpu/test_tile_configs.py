@@ -4,9 +4,9 @@ such limit, and the CPU tests use small heads) and match the reference."""
 import pytest
 import torch
 
-from anyattn.core import ops
-from anyattn.core.builders import build_plan, cu_seqlens
-from anyattn.core.params import AttnParams
+from anyattn import core
+from anyattn.core import build_plan, cu_seqlens
+from anyattn.core.semantics.params import AttnParams
 from oracle import reference_path
 
 HQ, HK, D, PAGE = 32, 8, 128, 16
@@ -36,10 +36,11 @@ def test_configs_fit_and_match_reference(q_len, k_len, mask_layout, bias_layout)
     q = torch.randn(batch * q_len, HQ, D, generator=gen, device="cuda").bfloat16()
     plan = build_plan(cu_seqlens(torch.tensor([q_len] * batch, device="cuda")),
                       torch.full((batch,), k_len, dtype=torch.int32, device="cuda"),
-                      max_seqlen_q=q_len, max_seqlen_k=k_len, page_table=table, num_kv_heads=HK)
+                      max_seqlen_q=q_len, max_seqlen_k=k_len, page_table=table, page_size=PAGE,
+                      num_kv_heads=HK)
     kw = dict(attn_mask=_layout("mask", mask_layout, q.shape[0], batch * k_len, k_len, gen),
               attn_bias=_layout("bias", bias_layout, q.shape[0], batch * k_len, k_len, gen))
     params = AttnParams(softmax_scale=D ** -0.5, causal=True)
-    got = ops.attention(q, k_cache, v_cache, plan, params, **kw)
+    got = core.attention(q, k_cache, v_cache, plan, params, **kw)
     want = reference_path(q, k_cache, v_cache, plan, params, **kw)
     torch.testing.assert_close(got.float(), want.float(), atol=3e-2, rtol=3e-2)

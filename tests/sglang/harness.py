@@ -40,7 +40,7 @@ def bind_batch(runner, forward_batch: ForwardBatch) -> None:
 
 def count_kernel_launches(monkeypatch) -> list:
     """Record each call of anyattn's Triton attention entry point (the list fills as it runs)."""
-    from anyattn.core.kernels import attention as kernels
+    from anyattn.core.providers.triton import attention as kernels
 
     calls: list = []
     original = kernels.run_attention

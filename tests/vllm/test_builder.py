@@ -155,8 +155,8 @@ def graph_config(vllm_config, num_spec_tokens=0):
 def test_graph_buffers_updated_in_place(vllm_config, core_path):
     cfg = graph_config(vllm_config, num_spec_tokens=2)
     builder = make_builder(cfg)
-    g = builder.graph_buffers
-    assert g is not None and g.max_seqlen_q == 3
+    g = builder.graph_buffers.plan("uniform", 1)  # the storage's plan shape
+    assert g.max_seqlen_q == 3
     impl = make_impl(cfg)
     # Two uniform spec-verify steps (3 queries per request) padded to the same graph size.
     ptrs = None
@@ -318,7 +318,7 @@ def test_graph_buffers_carry_spans(vllm_config, core_path, monkeypatch):
     monkeypatch.setattr(ModelConfig, "is_mm_prefix_lm", property(lambda self: True))
     cfg = graph_config(vllm_config, num_spec_tokens=2)
     builder, impl = make_builder(cfg), make_impl(cfg)
-    assert builder.graph_buffers.max_spans == 3
+    assert builder.graph_buffers.plan("uniform", 1).spans.shape[1] == 3
     ptrs = None
     for ranges in ({0: [(36, 39)]}, None):
         cache = kv_cache("NHD")

@@ -1,6 +1,6 @@
 """The key-side mask/bias term that every query row of a program shares.
 
-A key-side layout whose head count is 1 or Hk (``core.masks``) is the same for all the rows
+A key-side layout whose head count is 1 or Hk (``core.semantics.masks``) is the same for all the rows
 the attention kernel packs into one program (GQA heads of one kv head, tokens of one
 sequence). It is turned once per call into one float32 vector per head, in the kernel's
 log2 score domain (``bias * log2(e)``, -inf where the mask hides a key), laid out per
@@ -14,8 +14,12 @@ import torch
 import triton
 import triton.language as tl
 
-from ..masks import Layout, MaskSpec
-from ..plan import AttnPlan
+from typing import TYPE_CHECKING
+
+from ...semantics.masks import Layout, MaskSpec
+
+if TYPE_CHECKING:
+    from ...plan.plan import AttnPlan
 
 _BLOCK = 1024
 

@@ -5,21 +5,21 @@
   over SGLang's pages and a plan over single token slots (speculative key lists) read the
   same buffer through different views.
 - :func:`expand_descale`: an FP8 per-tensor or per-kv-head scale as the ``[batch, Hk]``
-  descale ``ops.attention`` takes, as a stride-0 view.
+  descale the kernels read, as a stride-0 view.
 """
 from __future__ import annotations
 
 import torch
 
-from .checks import expect
+from ..semantics.checks import expect
 from .plan import AttnPlan
 
 
 def cache_view(cache: torch.Tensor, plan: AttnPlan) -> torch.Tensor:
     """``cache`` (``[num_slots, Hk, D]`` or ``[num_pages, page, Hk, D]``) in ``plan.page_size``
-    pages. Contiguous-key plans and plans without a page size take the cache as it is."""
+    pages. Contiguous-key plans take the keys as they are."""
     page_size = plan.page_size
-    if not plan.paged or page_size is None:
+    if not plan.paged:
         return cache
     if cache.dim() == 4:
         if cache.shape[1] == page_size:
@@ -36,13 +36,16 @@ def cache_view(cache: torch.Tensor, plan: AttnPlan) -> torch.Tensor:
 
 
 def expand_descale(scale: torch.Tensor | float | None, batch: int, num_kv_heads: int,
-                   device: torch.device | str) -> torch.Tensor | None:
-    """A per-tensor (one value) or per-kv-head (``num_kv_heads`` values) dequantisation scale
-    as ``[batch, num_kv_heads]`` float32, without a copy per sequence (stride 0)."""
+                   device: torch.device | str, name: str = "descale") -> torch.Tensor | None:
+    """A per-tensor (one value), per-kv-head (``num_kv_heads`` values) or per-sequence
+    (``[batch, num_kv_heads]``) dequantisation scale as ``[batch, num_kv_heads]`` float32,
+    without a copy per sequence (stride 0)."""
     if scale is None:
         return None
+    if isinstance(scale, torch.Tensor) and scale.shape == (batch, num_kv_heads):
+        return scale.float()
     scale = torch.as_tensor(scale, dtype=torch.float32, device=device)
     expect(scale.numel() in (1, num_kv_heads),
-           lambda: f"descale: expected one value (per tensor) or num_kv_heads={num_kv_heads} values "
-           f"(per kv head), got shape {tuple(scale.shape)}")
+           lambda: f"{name}: expected one value (per tensor), num_kv_heads={num_kv_heads} values "
+           f"(per kv head) or [batch, num_kv_heads], got shape {tuple(scale.shape)}")
     return scale.reshape(1, -1).expand(batch, num_kv_heads)

@@ -5,17 +5,18 @@ import torch
 import triton
 import triton.language as tl
 
-from ..checks import FP8_DTYPES
-from ..reference import quantize
-from .attention import interpreting
+from ...semantics.checks import FP8_DTYPES
+from ...semantics.reference import quantize
+from .launch import BoundKernel, Static, interpreting
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_slots"])
 def _kv_write_kernel(
-    Kn, Vn, KC, VC, Slots, KScale, VScale, num_slots,
+    Kn, Vn, KC, VC, Slots, KScale, VScale,
     stride_knt, stride_knh, stride_knd, stride_vnt, stride_vnh, stride_vnd,
     stride_kcp, stride_kcs, stride_kch, stride_kcd,
     stride_vcp, stride_vcs, stride_vch, stride_vcd,
+    num_slots,
     PAGE_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, HAS_SCALE: tl.constexpr,
     FP8_MAX: tl.constexpr,
@@ -66,11 +67,16 @@ def run_kv_write(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cach
     has_scale = k_scale is not None or v_scale is not None
     ks = _scale_tensor(k_scale, k.device) if has_scale else slot_mapping
     vs = _scale_tensor(v_scale, k.device) if has_scale else slot_mapping
-    _kv_write_kernel[(n, hk)](
-        k, v, k_cache, v_cache, slot_mapping, ks, vs, k_cache.shape[0] * k_cache.shape[1],
-        *k.stride(), *v.stride(), *k_cache.stride(), *v_cache.stride(),
-        PAGE_SIZE=k_cache.shape[1], HEAD_DIM=d, HEAD_DIM_V=dv,
-        BLOCK_D=triton.next_power_of_2(d), BLOCK_DV=triton.next_power_of_2(dv),
-        HAS_SCALE=has_scale, num_warps=1,
-        FP8_MAX=torch.finfo(k_cache.dtype).max if k_cache.dtype in FP8_DTYPES else 0.0,
-    )
+    _KV_WRITE(
+        (n, hk, 1), (k, v, k_cache, v_cache, slot_mapping, ks, vs),
+        (*k.stride(), *v.stride(), *k_cache.stride(), *v_cache.stride()),
+        (k_cache.shape[0] * k_cache.shape[1],), (), _NO_STATIC,
+        dict(PAGE_SIZE=k_cache.shape[1], HEAD_DIM=d, HEAD_DIM_V=dv,
+             BLOCK_D=triton.next_power_of_2(d), BLOCK_DV=triton.next_power_of_2(dv),
+             HAS_SCALE=has_scale,
+             FP8_MAX=torch.finfo(k_cache.dtype).max if k_cache.dtype in FP8_DTYPES else 0.0),
+        dict(num_warps=1))
+
+
+_KV_WRITE = BoundKernel(_kv_write_kernel)
+_NO_STATIC = Static(())

@@ -8,20 +8,21 @@ keys, split output, bidirectional spans, ALiBi) are ``constexpr`` flags of the s
 """
 from __future__ import annotations
 
-import os
+from typing import TYPE_CHECKING
 
 import torch
 import triton
 import triton.language as tl
 
-from .. import checks
-from .. import spans as core_spans
-from ..masks import MaskSpec
-from ..plan import AttnPlan
-from ..params import AttnParams
+from ...semantics import checks
+from ...semantics.masks import MaskSpec
+from ..base import Call
 from .key_term import key_term, shared_key_side, term_start
+from .launch import BoundKernel, Static, interpreting
 from .merge import merge_splits
 
+if TYPE_CHECKING:
+    from ...plan.plan import AttnPlan
 
 
 @triton.jit
@@ -34,7 +35,7 @@ def _layout_load(Ptr, Start, b, q_row, head, offs_n, in_range,
                  stride_r, stride_h, stride_c, cols, other,
                  LAYOUT: tl.constexpr, HEADS: tl.constexpr, HQ: tl.constexpr):
     """Load a ``[BLOCK_M, BLOCK_N]`` mask/bias tile whose values differ between rows (layouts of
-    ``core.masks``: key-side per query head, query-side).
+    ``core.semantics.masks``: key-side per query head, query-side).
 
     Returns the values and where the layout describes a key (elsewhere: not visible).
     """
@@ -55,7 +56,7 @@ def _row_spans(Spans, count, q_pos, stride_ss):
     """The span ``[lo, hi)`` holding each row's query position (``lo == hi == 0``: none).
 
     ``Spans`` points at one sequence's ``count`` sorted, disjoint (start, end) pairs
-    (:mod:`core.spans`), so a position lies in at most one of them.
+    (:mod:`core.semantics.spans`), so a position lies in at most one of them.
     """
     lo = tl.zeros_like(q_pos)
     hi = tl.zeros_like(q_pos)
@@ -111,7 +112,7 @@ def _attn_tiles(
     ``BIAS_LAYOUT``) as ``[BLOCK_M, BLOCK_N]`` tiles. ALiBi (``alibi``: ``-slope / scale`` per row,
     in raw score units) adds ``alibi * |q_pos - k|`` to the raw scores, through the MMA's
     accumulator unless soft-cap comes first. A row inside a bidirectional span
-    (``[span_lo, span_hi)``, see ``core.spans``) also sees the span's keys: an OR with the
+    (``[span_lo, span_hi)``, see ``core.semantics.spans``) also sees the span's keys: an OR with the
     position predicate, so the bulk (visible by position) stays visible.
     """
     MASK_ROWS: tl.constexpr = MASK_LAYOUT != 0
@@ -242,21 +243,21 @@ def _attn_tiles(
     return m_i, l_i, acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["total_q", "total_k", "num_pages", "mask_cols", "bias_cols",
+                                "window_left", "window_right", "chunk_size"])
 def _attn_fwd(
-    Q, K, V, O, LSE,
-    CuSeqQ, SeqUsedK, PageTable, CuSeqK, Sinks, KDescale, VDescale,
-    Mask, MaskStart, stride_mr, stride_mh, stride_mc, mask_cols,
-    Bias, BiasStart, stride_br, stride_bh, stride_bc, bias_cols,
-    KeyTerm, KeyStart, stride_th, Spans, SpanCounts, stride_sb, stride_ss, max_spans,
-    AlibiSlopes, stride_alibi, stride_sink, total_q, total_k, max_pages, num_pages,
-    qk_scale, softcap, window_left, window_right, chunk_size,
-    stride_qt, stride_qh, stride_qd,
-    stride_kp, stride_ks, stride_kh, stride_kd,
-    stride_vp, stride_vs, stride_vh, stride_vd,
-    stride_os, stride_ot, stride_oh, stride_od,
-    stride_ls, stride_lh, stride_lt,
-    stride_pt, stride_desc, stride_desc_h,
+    # Per call (launch.BoundKernel's groups): tensors, strides, free ints, floats.
+    Q, K, V, O, LSE, Sinks, KDescale, VDescale, Mask, MaskStart, Bias, BiasStart, KeyTerm,
+    KeyStart, AlibiSlopes,
+    stride_qt, stride_qh, stride_qd, stride_kp, stride_ks, stride_kh, stride_kd,
+    stride_vp, stride_vs, stride_vh, stride_vd, stride_os, stride_ot, stride_oh, stride_od,
+    stride_ls, stride_lh, stride_lt, stride_mr, stride_mh, stride_mc, stride_br, stride_bh,
+    stride_bc, stride_th, stride_desc, stride_desc_h, stride_alibi, stride_sink,
+    total_q, total_k, num_pages, mask_cols, bias_cols, window_left, window_right, chunk_size,
+    qk_scale, softcap,
+    # Per plan.
+    CuSeqQ, SeqUsedK, PageTable, CuSeqK, Spans, SpanCounts, stride_pt, stride_sb, stride_ss,
+    max_spans, max_pages,
     NUM_KV_HEADS: tl.constexpr, GROUP: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -285,8 +286,8 @@ def _attn_fwd(
         return
     k_len = tl.load(SeqUsedK + b)
     k_start = tl.load(CuSeqK + b)  # contiguous keys only; paged launches pass a dummy
-    if PAGED:
-        k_len = tl.minimum(k_len, max_pages * PAGE_SIZE)
+    if PAGED:  # an empty cache (num_pages 0) has no keys to read
+        k_len = tl.where(num_pages > 0, tl.minimum(k_len, max_pages * PAGE_SIZE), 0)
     else:
         k_start = tl.minimum(tl.maximum(k_start, 0), total_k)
         k_len = tl.minimum(k_len, total_k - k_start)
@@ -434,137 +435,141 @@ def _attn_fwd(
                  lse, mask=row_ok)
 
 
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def tile_config(head_dim: int, rows_per_seq: int, max_keys: int, deterministic: bool,
-                device: torch.device, num_splits: int = 1) -> dict:
-    """Tile shape and launch settings, chosen from static sizes only (never autotuned).
-
-    ``rows_per_seq`` is ``max_seqlen_q * group``: the packed rows one sequence contributes;
-    ``max_keys`` is ``max_seqlen_k``, split ``num_splits`` ways. Deterministic mode uses one
-    shape for every batch so a row's reduction order is fixed. Picked on the H100 with
-    ``bench/tune.py`` and a small-batch split sweep (graph replays).
-    """
-    if device.type != "cuda":
-        return dict(BLOCK_M=16, BLOCK_N=32, num_warps=4, num_stages=1)
-    big_d = head_dim > 128
-    if deterministic or rows_per_seq > 64:
-        if not (deterministic or big_d) and max_keys <= 1024:
-            # Short rows: narrow key tiles and 4 warps need less shared memory and fewer
-            # registers per program, so more programs share an SM (16x1K: +14%).
-            return dict(BLOCK_M=128, BLOCK_N=32, num_warps=4, num_stages=3)
-        return dict(BLOCK_M=64 if big_d else 128, BLOCK_N=32 if big_d else 128,
-                    num_warps=8, num_stages=2 if big_d else 3)
-    block_m = 16 if rows_per_seq <= 16 else (32 if rows_per_seq <= 32 else 64)
-    if big_d or (num_splits > 1 and max_keys <= 512 * num_splits):
-        # Big heads, or short splits (small-batch decode): a program sees a few tiles, so
-        # narrow tiles with one buffer start sooner (8x1K: 27.7 -> 26.7 us, 1x4K: 21.1 -> 20.3).
-        return dict(BLOCK_M=block_m, BLOCK_N=64, num_warps=4, num_stages=2)
-    return dict(BLOCK_M=block_m, BLOCK_N=128, num_warps=4, num_stages=3)
-
-
 def _layout_args(spec: MaskSpec | None, dummy: torch.Tensor) -> tuple:
-    """Pointer, row starts, (row, head, column) strides and column count of a mask/bias."""
+    """(pointer, row starts), (row, head, column) strides and the column count of a mask/bias."""
     if spec is None:
-        return dummy, dummy, 0, 0, 0, 0
+        return (dummy, dummy), (0, 0, 0), 0
     t = spec.tensor.view(torch.uint8) if spec.is_bool else spec.tensor
     col_stride, cols = (t.stride(2), t.shape[2]) if t.dim() == 3 else (0, 0)
-    return t, spec.row_start, t.stride(0), t.stride(1), col_stride, cols
+    return (t, spec.row_start), (t.stride(0), t.stride(1), col_stride), cols
 
 
-def run_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: AttnPlan,
-                  params: AttnParams, *, sinks: torch.Tensor | None,
-                  k_descale: torch.Tensor | None, v_descale: torch.Tensor | None,
-                  out: torch.Tensor | None, want_lse: bool,
-                  mask: MaskSpec | None = None, bias: MaskSpec | None = None,
-                  alibi_slopes: torch.Tensor | None = None, cfg: dict | None = None,
-                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Launch the forward kernel (plus the split merge when the plan splits keys).
-
-    ``alibi_slopes [Hq]``: ALiBi, ``-slope * |q_pos - k|`` added to the scaled scores.
-    ``cfg`` overrides :func:`tile_config` (benchmarks use it to sweep tile shapes).
-    """
-    total_q, hq, d = q.shape
-    hk, dv = k_cache.shape[-2], v_cache.shape[-1]
-    group = hq // hk
-    if out is None:
-        out = torch.empty(total_q, hq, dv, dtype=q.dtype, device=q.device)
-    lse = torch.empty(hq, total_q, dtype=torch.float32, device=q.device) if want_lse else None
-    if total_q == 0:
-        return out, lse
-    cfg = cfg or tile_config(d, plan.max_seqlen_q * group, plan.max_seqlen_k, plan.deterministic,
-                             q.device, plan.num_splits)
-    splits = plan.num_splits
-    if splits > 1:
-        o_part = torch.empty(splits, total_q, hq, dv, dtype=torch.float32, device=q.device)
-        l_part = torch.empty(splits, hq, total_q, dtype=torch.float32, device=q.device)
-    else:  # without an LSE to write, the kernel never touches l_part: out stands in
-        o_part, l_part = out.unsqueeze(0), (lse.unsqueeze(0) if want_lse else out.unsqueeze(0))
-    if plan.paged:
-        kp, ks, kh, kd = k_cache.stride()
-        vp, vs, vh, vd = v_cache.stride()
-        page_size = k_cache.shape[1]
-        page_table, stride_pt, cu_k = plan.page_table, plan.page_table.stride(0), plan.seqused_k
-    else:
-        (ks, kh, kd), (vs, vh, vd), kp, vp = k_cache.stride(), v_cache.stride(), 0, 0
-        page_size, page_table, stride_pt, cu_k = 1, plan.seqused_k, 0, plan.cu_seqlens_k
-    if k_descale is not None and v_descale is not None:
-        checks.expect(k_descale.stride() == v_descale.stride(),
-                      "v_descale: expected the same strides as k_descale")
-    descale = k_descale if k_descale is not None else v_descale
-    descale_strides = descale.stride() if descale is not None else (0, 0)
-    window = params.window_left >= 0 or params.window_right >= 0
+def _static(plan: AttnPlan) -> Static:
+    """The kernel's per-plan arguments (``CuSeqQ`` .. ``max_pages``)."""
     dummy = plan.seqused_k
-    key_mask, key_bias = shared_key_side(mask, hq), shared_key_side(bias, hq)
-    key_shared = key_mask or key_bias
-    if key_shared:
-        term = key_term(key_mask, key_bias, plan, cfg["BLOCK_N"])
-        term_args = (term, key_shared.row_start, term.stride(0))
-        mask = None if key_mask else mask
-        bias = None if key_bias else bias
+    if plan.paged:
+        keys = (plan.page_table, dummy, plan.page_table.stride(0))
     else:
-        term_args = (dummy, dummy, 0)
-    spans = core_spans.applies(plan, params)
-    span_args = ((plan.spans, plan.span_counts, plan.spans.stride(0), plan.spans.stride(1),
-                  plan.spans.shape[1]) if spans else (dummy, dummy, 0, 0, 0))
-    # Bounds the kernel clamps a bad plan to (an empty cache: no keys at all).
-    rows_k = k_cache.shape[0]
-    bounds = (total_q, rows_k, plan.page_table.shape[1] if plan.paged and rows_k else 0,
-              max(rows_k, 1))
-    grid = (triton.cdiv(plan.max_seqlen_q * group, cfg["BLOCK_M"]), plan.batch_size * hk, splits)
-    _attn_fwd[grid](
-        q, k_cache, v_cache, o_part, l_part,
-        plan.cu_seqlens_q, plan.seqused_k, page_table, cu_k,
-        sinks if sinks is not None else dummy,
-        k_descale if k_descale is not None else dummy,
-        v_descale if v_descale is not None else dummy,
-        *_layout_args(mask, dummy), *_layout_args(bias, dummy), *term_args, *span_args,
-        alibi_slopes if alibi_slopes is not None else dummy,
-        alibi_slopes.stride(0) if alibi_slopes is not None else 0,
-        sinks.stride(0) if sinks is not None else 0, *bounds,
-        params.softmax_scale, params.softcap or 1.0,
-        params.window_left, params.window_right, max(params.chunk_size, 1),
-        *q.stride(), kp, ks, kh, kd, vp, vs, vh, vd,
-        *o_part.stride(), *(l_part.stride() if (want_lse or splits > 1) else (0, 0, 0)),
-        stride_pt, *descale_strides,
-        NUM_KV_HEADS=hk, GROUP=group, HEAD_DIM=d, HEAD_DIM_V=dv,
+        keys = (dummy, plan.cu_seqlens_k, 0)
+    spans = ((plan.spans, plan.span_counts, plan.spans.stride(0), plan.spans.stride(1),
+              plan.spans.shape[1]) if plan.has_spans else (dummy, dummy, 0, 0, 0))
+    max_pages = plan.page_table.shape[1] if plan.paged else 0
+    return Static((plan.cu_seqlens_q, plan.seqused_k, *keys[:2], *spans[:2], keys[2],
+                   *spans[2:], max_pages))
+
+
+def _constexprs(call: Call, tile: dict, key_shared: MaskSpec | None, key_heads: int,
+                mask: MaskSpec | None, bias: MaskSpec | None) -> dict:
+    q, params, plan = call.q, call.params, call.plan
+    hq, d = q.shape[1], q.shape[2]
+    hk, dv = call.k_cache.shape[-2], call.v_cache.shape[-1]
+    return dict(
+        NUM_KV_HEADS=hk, GROUP=hq // hk, HEAD_DIM=d, HEAD_DIM_V=dv,
         BLOCK_D=triton.next_power_of_2(d), BLOCK_DV=triton.next_power_of_2(dv),
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], PAGE_SIZE=page_size,
-        NUM_SPLITS=splits, PAGED=plan.paged, IS_CAUSAL=params.causal,
-        HAS_WINDOW=window, HAS_CHUNK=params.chunk_size > 0, HAS_SOFTCAP=params.softcap > 0,
-        HAS_SINKS=sinks is not None, HAS_K_DESCALE=k_descale is not None,
-        HAS_V_DESCALE=v_descale is not None, WRITE_LSE=want_lse or splits > 1,
+        BLOCK_M=tile["BLOCK_M"], BLOCK_N=tile["BLOCK_N"],
+        PAGE_SIZE=plan.page_size if plan.paged else 1, NUM_SPLITS=plan.num_splits,
+        PAGED=plan.paged, IS_CAUSAL=params.causal,
+        HAS_WINDOW=params.window_left >= 0 or params.window_right >= 0,
+        HAS_CHUNK=params.chunk_size > 0, HAS_SOFTCAP=params.softcap > 0,
+        HAS_SINKS=call.sinks is not None, HAS_K_DESCALE=call.k_descale is not None,
+        HAS_V_DESCALE=call.v_descale is not None,
+        WRITE_LSE=call.want_lse or plan.num_splits > 1,
         UPCAST=interpreting() and q.dtype == torch.bfloat16,
         MASK_LAYOUT=int(mask.layout) if mask else 0, MASK_HEADS=mask.heads if mask else 1,
         BIAS_LAYOUT=int(bias.layout) if bias else 0, BIAS_HEADS=bias.heads if bias else 1,
         SKIP_MASKED_TILES=mask is not None,  # per-row layouts only: worth skipping tiles
-        KEY_SHARED=key_shared is not None, KEY_HEADS=term.shape[0] if key_shared else 1,
-        HAS_SPANS=spans, SPANS_IN_WINDOW=spans and params.spans_in_window,
-        HAS_ALIBI=alibi_slopes is not None,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-    )
+        KEY_SHARED=key_shared is not None, KEY_HEADS=key_heads,
+        HAS_SPANS=call.spans, SPANS_IN_WINDOW=call.spans and params.spans_in_window,
+        HAS_ALIBI=call.alibi_slopes is not None)
+
+
+def _split_parts(call: Call, memo: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split-KV partials ``[S, T, Hq, Dv]`` / ``[S, Hq, T]`` float32: one workspace per
+    schedule and row count, reused by every layer (their calls run in stream order)."""
+    q, splits = call.q, call.plan.num_splits
+    key = ("split_parts", q.shape[0])
+    parts = memo.get(key)
+    if parts is None:
+        t, hq, dv = q.shape[0], q.shape[1], call.v_cache.shape[-1]
+        parts = memo[key] = (
+            torch.empty(splits, t, hq, dv, dtype=torch.float32, device=q.device),
+            torch.empty(splits, hq, t, dtype=torch.float32, device=q.device))
+    return parts
+
+
+def run_attention(call: Call, tile: dict, memo: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Launch the forward kernel (plus the split merge when the plan splits keys) with the
+    tile config ``tile``; ``memo`` keeps what is prepared once per schedule."""
+    q, k_cache, v_cache, plan, params = call.q, call.k_cache, call.v_cache, call.plan, call.params
+    total_q, hq, d = q.shape
+    hk, dv = k_cache.shape[-2], v_cache.shape[-1]
+    out = call.out
+    if out is None:
+        out = torch.empty(total_q, hq, dv, dtype=q.dtype, device=q.device)
+    lse = torch.empty(hq, total_q, dtype=torch.float32, device=q.device) if call.want_lse else None
+    if total_q == 0:
+        return out, lse
+    splits = plan.num_splits
+    if splits > 1:
+        o_part, l_part = _split_parts(call, memo)
+    else:  # without an LSE to write, the kernel never touches l_part: out stands in
+        o_part, l_part = out.unsqueeze(0), (lse.unsqueeze(0) if lse is not None else out.unsqueeze(0))
+    if plan.paged:
+        k_strides, v_strides = k_cache.stride(), v_cache.stride()
+    else:
+        k_strides, v_strides = (0, *k_cache.stride()), (0, *v_cache.stride())
+    k_descale, v_descale = call.k_descale, call.v_descale
+    if k_descale is not None and v_descale is not None:
+        checks.expect(k_descale.stride() == v_descale.stride(),
+                      "v_descale: expected the same strides as k_descale")
+    descale = k_descale if k_descale is not None else v_descale
+    dummy = plan.seqused_k
+    mask, bias = call.mask, call.bias
+    key_mask, key_bias = shared_key_side(mask, hq), shared_key_side(bias, hq)
+    key_shared = key_mask or key_bias
+    if key_shared:
+        term = key_term(key_mask, key_bias, plan, tile["BLOCK_N"])
+        term_ptrs, stride_th, key_heads = (term, key_shared.row_start), term.stride(0), term.shape[0]
+        mask = None if key_mask else mask
+        bias = None if key_bias else bias
+    else:
+        term_ptrs, stride_th, key_heads = (dummy, dummy), 0, 1
+    mask_ptrs, mask_strides, mask_cols = _layout_args(mask, dummy)
+    bias_ptrs, bias_strides, bias_cols = _layout_args(bias, dummy)
+    sinks, alibi = call.sinks, call.alibi_slopes
+    variant = (params.causal, params.window_left >= 0 or params.window_right >= 0,
+               params.chunk_size > 0, params.softcap > 0, sinks is not None,
+               k_descale is not None, v_descale is not None, call.want_lse, call.spans,
+               params.spans_in_window, alibi is not None, q.dtype, hq, d, hk, dv, key_shared is not None,
+               mask and (mask.layout, mask.heads), bias and (bias.layout, bias.heads), key_heads)
+    prepared = memo.get(variant)
+    if prepared is None:
+        grid = (triton.cdiv(plan.max_seqlen_q * (hq // hk), tile["BLOCK_M"]),
+                plan.batch_size * hk, splits)
+        prepared = memo[variant] = (grid, _static(plan), _constexprs(
+            call, tile, key_shared, key_heads, mask, bias),
+            dict(num_warps=tile["num_warps"], num_stages=tile["num_stages"]))
+    grid, static, constexprs, options = prepared
+    rows_k = k_cache.shape[0]
+    _ATTN_FWD(
+        grid,
+        (q, k_cache, v_cache, o_part, l_part,
+         dummy if sinks is None else sinks,
+         dummy if k_descale is None else k_descale,
+         dummy if v_descale is None else v_descale,
+         *mask_ptrs, *bias_ptrs, *term_ptrs, dummy if alibi is None else alibi),
+        (*q.stride(), *k_strides, *v_strides, *o_part.stride(),
+         *(l_part.stride() if (call.want_lse or splits > 1) else (0, 0, 0)),
+         *mask_strides, *bias_strides, stride_th,
+         *(descale.stride() if descale is not None else (0, 0)),
+         0 if alibi is None else alibi.stride(0), 0 if sinks is None else sinks.stride(0)),
+        (total_q, rows_k, rows_k if plan.paged else 0, mask_cols, bias_cols,
+         params.window_left, params.window_right, max(params.chunk_size, 1)),
+        (params.softmax_scale, params.softcap or 1.0),
+        static, constexprs, options)
     if splits > 1:
         merge_splits(o_part, l_part, out, lse)
     return out, lse
+
+
+_ATTN_FWD = BoundKernel(_attn_fwd)

@@ -1,7 +1,7 @@
 """Speculative-decoding key expansion: which draft tokens each draft token may attend.
 
 A speculative step attends in two parts whose results are merged by log-sum-exp
-(:func:`anyattn.core.ops.merge_state`):
+(:func:`anyattn.core.run.merge_state`):
 
 1. the committed prefix, read through the engine's ordinary page table, and
 2. the draft tokens, which form a tree (EAGLE topk > 1) or per-branch chains (multi-step draft
@@ -9,7 +9,7 @@ A speculative step attends in two parts whose results are merged by log-sum-exp
 
 The lists of part 2 are expressed as a *token table*: a page table whose "pages" hold one token
 each, so the entries are cache token slots and the plan has page size 1 (the cache is read
-through a ``[num_slots, 1, Hk, D]`` view, :func:`anyattn.core.views.cache_view`). Nothing is
+through a ``[num_slots, 1, Hk, D]`` view, :func:`anyattn.core.plan.views.cache_view`). Nothing is
 copied, and the same plan works whatever page size the engine's cache uses. Every row has
 exactly one query (the draft token) and the keys of the row are the first ``seqused_k[row]``
 slots of its table row; attention over them is non-causal (the visibility is already in the
@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import torch
 
-from .builders import build_plan, uniform_cu_seqlens
-from .checks import expect
+from ..semantics.checks import expect
+from .build import build_plan
+from .indices import uniform_cu_seqlens
 from .plan import AttnPlan
 
 

@@ -20,9 +20,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .builders import cu_seqlens
+from typing import TYPE_CHECKING
+
 from .checks import debug_mode, expect
-from .plan import AttnPlan
+
+if TYPE_CHECKING:
+    from ..plan.plan import AttnPlan
 
 
 class Layout(enum.IntEnum):
@@ -46,11 +49,6 @@ class MaskSpec:
 
 LAYOUTS_HELP = ("accepted layouts: key-side [total_k, H'] or query-side [total_q, H', max_seqlen_k], "
                 "H' in {1, num_kv_heads, num_heads}")
-
-
-def key_row_starts(plan: AttnPlan) -> torch.Tensor:
-    """Where each sequence's keys start in key-side layouts (computed on device, no sync)."""
-    return plan.cu_seqlens_k if plan.cu_seqlens_k is not None else cu_seqlens(plan.seqused_k)
 
 
 def describe(name: str, t: torch.Tensor | None, *, plan: AttnPlan, total_q: int, hq: int,
@@ -78,7 +76,7 @@ def describe(name: str, t: torch.Tensor | None, *, plan: AttnPlan, total_q: int,
                f"({total_q}), got {tuple(t.shape)}; {LAYOUTS_HELP}")
         spec = MaskSpec(t, Layout.QUERY, heads, plan.cu_seqlens_q)
     else:
-        spec = MaskSpec(t, Layout.KEY, heads, key_row_starts(plan))
+        spec = MaskSpec(t, Layout.KEY, heads, plan.key_starts)
         if device.type == "cpu" or debug_mode():
             total_k = int(spec.row_start[-1])
             expect(t.shape[0] == total_k, lambda: f"{name}: key-side layout needs shape[0] == total_k "

@@ -1,11 +1,11 @@
-"""``GraphStepPlans``: per-role CUDA-graph storage, created at capture, reused by replays."""
+"""``GraphPlans``: per-role CUDA-graph storage, reserved at capture, reused by replays."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from anyattn.core.builders import build_plan, uniform_cu_seqlens
-from anyattn.core.graph_steps import GraphStepPlans
+from anyattn.core import build_plan, uniform_cu_seqlens
+from anyattn.core import GraphPlans
 
 
 def _plan(rows: int, q: int, keys: list[int], width: int, page_size: int):
@@ -22,10 +22,10 @@ def _step(bs: int, n: int, keys: list[int]) -> dict:
 
 
 def test_replays_reuse_the_captured_storage_with_new_contents():
-    g = GraphStepPlans(max_batch=4, num_kv_heads=2, device="cpu")
-    captured = g.fill("verify", _step(4, 3, [1, 1, 1, 1]), 4, in_capture=True)
-    small = g.fill("verify", _step(2, 3, [9, 30]), 2, in_capture=True)
-    replay = g.fill("verify", _step(2, 3, [17, 5]), 2, in_capture=False)
+    g = GraphPlans(4, num_kv_heads=2, device="cpu")
+    captured = g.fill("verify", _step(4, 3, [1, 1, 1, 1]), 4, capture=True)
+    small = g.fill("verify", _step(2, 3, [9, 30]), 2, capture=True)
+    replay = g.fill("verify", _step(2, 3, [17, 5]), 2, capture=False)
     for role in ("main", "draft"):
         assert replay[role].seqused_k.data_ptr() == small[role].seqused_k.data_ptr() \
             == captured[role].seqused_k.data_ptr()
@@ -36,14 +36,14 @@ def test_replays_reuse_the_captured_storage_with_new_contents():
 
 
 def test_a_replay_with_other_plans_or_widths_is_refused():
-    g = GraphStepPlans(max_batch=4, num_kv_heads=2, device="cpu")
-    g.fill("verify", {"main": _plan(4, 3, [4] * 4, 4, 16)}, 4, in_capture=True)
+    g = GraphPlans(4, num_kv_heads=2, device="cpu")
+    g.fill("verify", {"main": _plan(4, 3, [4] * 4, 4, 16)}, 4, capture=True)
     with pytest.raises(ValueError, match=r"needs \['draft', 'main'\], but its CUDA graph was "
                                          r"captured with \['main'\]"):
-        g.fill("verify", _step(4, 3, [4] * 4), 4, in_capture=False)
+        g.fill("verify", _step(4, 3, [4] * 4), 4, capture=False)
     with pytest.raises(ValueError, match="has 5 queries per row, but its CUDA graph was "
                                          "captured with 3"):
-        g.fill("verify", {"main": _plan(4, 5, [6] * 4, 4, 16)}, 4, in_capture=False)
+        g.fill("verify", {"main": _plan(4, 5, [6] * 4, 4, 16)}, 4, capture=False)
     with pytest.raises(ValueError, match=r"needs \['main'\], but its CUDA graph was captured "
                                          r"with \[\]"):
-        g.fill("decode", {"main": _plan(4, 1, [6] * 4, 4, 16)}, 4, in_capture=False)
+        g.fill("decode", {"main": _plan(4, 1, [6] * 4, 4, 16)}, 4, capture=False)

@@ -5,6 +5,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import BoundKernel, Static
+
 
 @triton.jit
 def _merge_kernel(
@@ -63,14 +65,13 @@ def _launch(o_a: torch.Tensor, l_a: torch.Tensor, o_b: torch.Tensor | None,
         return
     has_b = o_b is not None
     ob, lb = (o_b, l_b) if has_b else (o_a[0], l_a[0])
-    _merge_kernel[(t, h)](
-        o_a, l_a, ob, lb, out, lse if lse is not None else l_a,
-        *o_a.stride(), *l_a.stride(), *ob.stride(), *lb.stride(), *out.stride(),
-        *(lse.stride() if lse is not None else (0, 0)),
-        HEAD_DIM_V=dv, BLOCK_DV=triton.next_power_of_2(dv), NUM_A=num_a,
-        BLOCK_A=triton.next_power_of_2(num_a), HAS_B=has_b, WRITE_LSE=lse is not None,
-        num_warps=max(1, min(4, num_a * dv // 1024)),
-    )
+    _MERGE(
+        (t, h, 1), (o_a, l_a, ob, lb, out, lse if lse is not None else l_a),
+        (*o_a.stride(), *l_a.stride(), *ob.stride(), *lb.stride(), *out.stride(),
+         *(lse.stride() if lse is not None else (0, 0))), (), (), _NO_STATIC,
+        dict(HEAD_DIM_V=dv, BLOCK_DV=triton.next_power_of_2(dv), NUM_A=num_a,
+             BLOCK_A=triton.next_power_of_2(num_a), HAS_B=has_b, WRITE_LSE=lse is not None),
+        dict(num_warps=max(1, min(4, num_a * dv // 1024))))
 
 
 def merge_splits(o_part: torch.Tensor, l_part: torch.Tensor, out: torch.Tensor,
@@ -85,3 +86,7 @@ def run_merge_state(o_a: torch.Tensor, lse_a: torch.Tensor, o_b: torch.Tensor,
     lse = torch.empty_like(lse_a, dtype=torch.float32)
     _launch(o_a.unsqueeze(0), lse_a.unsqueeze(0), o_b, lse_b, out, lse)
     return out, lse
+
+
+_MERGE = BoundKernel(_merge_kernel)
+_NO_STATIC = Static(())

@@ -1,6 +1,7 @@
 """Per-layer attention semantics, shared by the reference and the Triton kernels."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -12,7 +13,7 @@ class AttnParams:
     ``[p - left, p + right]`` inclusive, -1 = unbounded (FlashAttention's convention).
     ``chunk_size`` > 0: Llama-4 chunked-local attention. ``softcap`` > 0: ``cap * tanh(s / cap)``
     on the scaled scores, before masking.
-    ``use_spans``: apply the plan's bidirectional spans (``plan.spans``, :mod:`core.spans`), if
+    ``use_spans``: apply the plan's bidirectional spans (``plan.spans``, :mod:`core.semantics.spans`), if
     it has any; a layer that must stay causal where others of its step do not sets it False.
     ``spans_in_window``: a span's keys must also lie within the left window (vLLM's
     ``mm_prefix_clamp_sliding_window``); otherwise a span overrides the window.
@@ -26,6 +27,21 @@ class AttnParams:
     softcap: float = 0.0
     use_spans: bool = True
     spans_in_window: bool = False
+
+    def __post_init__(self) -> None:
+        """Refuse settings a kernel would turn into NaN or silently ignore (once per layer's
+        params, not per call)."""
+        scale, cap = self.softmax_scale, self.softcap
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"softmax_scale: expected a positive finite float, got {scale}")
+        if not (math.isfinite(cap) and cap >= 0):
+            raise ValueError(f"softcap: expected a finite float >= 0 (0 = off), got {cap}")
+        if self.chunk_size < 0:
+            raise ValueError(f"chunk_size: expected an int >= 0 (0 = off), got {self.chunk_size}")
+        for name in ("window_left", "window_right"):
+            if getattr(self, name) < -1:
+                raise ValueError(f"{name}: expected an int >= -1 (-1 = unbounded), got "
+                                 f"{getattr(self, name)}")
 
     @property
     def positional(self) -> bool:

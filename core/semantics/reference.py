@@ -6,7 +6,7 @@ O(q_chunk x k_chunk) per step and never O(q_len x k_len), even at 256K tokens.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
@@ -15,7 +15,9 @@ from . import spans as core_spans
 from .checks import FP8_DTYPES
 from .masks import MaskSpec
 from .params import AttnParams
-from .plan import AttnPlan
+
+if TYPE_CHECKING:
+    from ..plan.plan import AttnPlan
 
 Q_CHUNK = 256
 K_CHUNK = 1024
@@ -25,7 +27,7 @@ def visible(q_pos: torch.Tensor, k_pos: torch.Tensor, k_len: int, p: AttnParams,
             spans: Sequence[tuple[int, int]] = ()) -> torch.Tensor:
     """``[CQ, CK]`` boolean: which keys each query may see (positions are absolute).
 
-    ``spans``: the sequence's bidirectional spans, half-open (:mod:`core.spans`).
+    ``spans``: the sequence's bidirectional spans, half-open (:mod:`core.semantics.spans`).
     """
     qp, kp = q_pos[:, None], k_pos[None, :]
     ok = torch.ones(qp.shape[0], kp.shape[1], dtype=torch.bool, device=q_pos.device)
@@ -87,7 +89,7 @@ def reference_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
 
     ``k_cache``/``v_cache`` are ``[num_pages, page_size, Hk, D]`` (paged plan) or
     ``[total_k, Hk, D]`` (contiguous plan); ``k_descale``/``v_descale`` are ``[B, Hk]``
-    dequantisation scales (FP8 caches); ``mask``/``bias`` come from :mod:`core.masks`;
+    dequantisation scales (FP8 caches); ``mask``/``bias`` come from :mod:`core.semantics.masks`;
     ``alibi_slopes [Hq]`` add ``-slope * |q_pos - k_pos|`` (FA2's ALiBi) to the scaled scores.
     """
     total_q, hq, _ = q.shape

@@ -23,13 +23,15 @@ visits to the span's end.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from .checks import expect
 from .params import AttnParams
-from .plan import AttnPlan
+
+if TYPE_CHECKING:
+    from ..plan.plan import AttnPlan
 
 Span = tuple[int, int]
 

@@ -6,7 +6,7 @@ contiguous through ``cu_seqlens_k``), else SGLang's ``sgl_kernel.flash_attn.
 flash_attn_with_kvcache`` (every SGLang CUDA install; paged plans only). Both run on Hopper
 (compute capability 9.x) only.
 
-What FA3 covers, and so what :mod:`core.providers` may route here: fp16/bf16 queries with a
+What FA3 covers, and so what the registry may route here: fp16/bf16 queries with a
 cache of the same dtype (its FP8 path quantises the queries too, which anyattn's contract does
 not), head dims that are multiples of 8 up to 256 with ``Dv == D``, any page size, causal and
 window ``(left, right)`` (both bottom-right aligned, as anyattn's), soft-cap, sinks
@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from ..params import AttnParams
-from ..plan import AttnPlan
+from .base import Call, Provider, Workload
+
+if TYPE_CHECKING:
+    from ..plan.plan import AttnPlan
+    from ..plan.schedule import Schedule
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -71,67 +74,87 @@ def unavailable(device: torch.device) -> str | None:
     return None
 
 
-def uncovered_workload(w, plan: AttnPlan) -> str | None:
-    """Why FA3 does not cover this workload (a :class:`core.providers.Workload`), or None."""
-    if plan.deterministic:
-        return "deterministic plans keep anyattn's fixed split schedule"
-    if w.dtype not in HALF_DTYPES:
-        return f"dtype {w.dtype} (fp16/bf16 only)"
-    if w.kv_dtype != w.dtype:
-        return f"KV cache dtype {w.kv_dtype} differs from q's {w.dtype}"
-    if w.head_dim % 8 or w.head_dim > 256 or w.head_dim_v != w.head_dim:
-        return f"head dims {w.head_dim}/{w.head_dim_v} (multiples of 8 up to 256, Dv == D)"
-    if not plan.paged:
-        if source().varlen is None:
-            return "contiguous keys (sgl_kernel source: paged only)"
-        if not plan.keys_span_rows:
-            return "contiguous keys with seqused_k shorter than the cu_seqlens_k spans"
-    return None
+# Packed query rows per sequence (max_seqlen_q x GQA group) up to which anyattn's split-KV
+# Triton kernel beats FA3 on the H200 (decode and short verify); above it FA3 runs.
+TRITON_MAX_ROWS = 16
 
 
-def uncovered_call(f) -> str | None:
-    """Why FA3 does not cover a call's per-layer features (:class:`CallFeatures`), or None."""
-    if f.masked:
-        return "masks / bias"
-    if f.spans:
-        return "bidirectional spans"
-    if f.alibi:
-        return "ALiBi"
-    if f.fp8_descale:
-        return "fp8 descales"
-    if f.params.chunk_size > 0:
-        return "chunked-local attention"
-    if f.sinks is not None and (f.sinks.dtype != torch.bfloat16 or f.dtype != torch.bfloat16):
-        return f"sinks dtype {f.sinks.dtype} with q {f.dtype} (FA3: bf16 sinks and bf16 q only)"
-    if f.strided:
-        return "a tensor whose last dim is not contiguous"
-    return None
+class FA3Provider(Provider):
+    name = "fa3"
+
+    def unavailable(self, device: torch.device) -> str | None:
+        return unavailable(device)
+
+    def uncovered(self, w: Workload, plan: AttnPlan) -> str | None:
+        if plan.deterministic:
+            return "deterministic plans keep anyattn's fixed split schedule"
+        if w.dtype not in HALF_DTYPES:
+            return f"dtype {w.dtype} (fp16/bf16 only)"
+        if w.kv_dtype != w.dtype:
+            return f"KV cache dtype {w.kv_dtype} differs from q's {w.dtype}"
+        if w.head_dim % 8 or w.head_dim > 256 or w.head_dim_v != w.head_dim:
+            return f"head dims {w.head_dim}/{w.head_dim_v} (multiples of 8 up to 256, Dv == D)"
+        if not plan.paged:
+            if source().varlen is None:
+                return "contiguous keys (sgl_kernel source: paged only)"
+            if not plan.keys_span_rows:
+                return "contiguous keys with seqused_k shorter than the cu_seqlens_k spans"
+        return None
+
+    def slower(self, w: Workload, plan: AttnPlan) -> str | None:
+        rows = plan.max_seqlen_q * w.group
+        if rows <= TRITON_MAX_ROWS:
+            return f"{rows} query rows per sequence <= {TRITON_MAX_ROWS}: split-KV Triton is faster"
+        return None
+
+    def uncovered_call(self, call: Call) -> str | None:
+        if call.mask is not None or call.bias is not None:
+            return "masks / bias"
+        if call.spans:
+            return "bidirectional spans"
+        if call.alibi_slopes is not None:
+            return "ALiBi"
+        if call.k_descale is not None or call.v_descale is not None:
+            return "fp8 descales"
+        if call.params.chunk_size > 0:
+            return "chunked-local attention"
+        sinks, dtype = call.sinks, call.q.dtype
+        if sinks is not None and (sinks.dtype != torch.bfloat16 or dtype != torch.bfloat16):
+            return f"sinks dtype {sinks.dtype} with q {dtype} (FA3: bf16 sinks and bf16 q only)"
+        if any(t is not None and t.stride(-1) != 1
+               for t in (call.q, call.k_cache, call.v_cache, call.out)):
+            return "a tensor whose last dim is not contiguous"
+        return None
+
+    def run(self, call: Call, schedule: Schedule) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return run_fa3(call)
 
 
-def run_fa3(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: AttnPlan,
-            params: AttnParams, *, sinks: torch.Tensor | None, out: torch.Tensor | None,
-            want_lse: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def run_fa3(call: Call) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One FA3 launch for the plan; writes ``out`` when given. Graph-safe: every size is a
     host int of the plan, and the split count is FA3's own heuristic on those."""
-    src = source()
+    src, plan, params, want_lse = source(), call.plan, call.params, call.want_lse
     window = [params.window_left, params.window_right]
     if src.varlen is not None:
         keys = (dict(seqused_k=plan.seqused_k, block_table=plan.page_table) if plan.paged
                 else dict(cu_seqlens_k=plan.cu_seqlens_k))
-        res = src.varlen(q, k_cache, v_cache, max_seqlen_q=plan.max_seqlen_q,
+        res = src.varlen(call.q, call.k_cache, call.v_cache, max_seqlen_q=plan.max_seqlen_q,
                          cu_seqlens_q=plan.cu_seqlens_q, max_seqlen_k=plan.max_seqlen_k,
                          softmax_scale=params.softmax_scale, causal=params.causal,
-                         window_size=window, softcap=params.softcap, out=out,
+                         window_size=window, softcap=params.softcap, out=call.out,
                          return_softmax_lse=want_lse, num_splits=0, fa_version=3,
-                         s_aux=sinks, **keys)
+                         s_aux=call.sinks, **keys)
     else:
-        res = src.kvcache(q, k_cache, v_cache, cache_seqlens=plan.seqused_k,
+        res = src.kvcache(call.q, call.k_cache, call.v_cache, cache_seqlens=plan.seqused_k,
                           page_table=plan.page_table, cu_seqlens_q=plan.cu_seqlens_q,
                           max_seqlen_q=plan.max_seqlen_q, softmax_scale=params.softmax_scale,
                           causal=params.causal, window_size=tuple(window),
-                          softcap=params.softcap, num_splits=0, out=out,
-                          return_softmax_lse=want_lse, sinks=sinks)
+                          softcap=params.softcap, num_splits=0, out=call.out,
+                          return_softmax_lse=want_lse, sinks=call.sinks)
     o, lse = (res[0], res[1]) if want_lse else (res, None)
     if lse is not None:
         lse.masked_fill_(lse == float("inf"), float("-inf"))  # empty rows: anyattn's -inf
     return o, lse
+
+
+FA3 = FA3Provider()

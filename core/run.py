@@ -1,0 +1,127 @@
+"""The run path: attention over a plan, the KV-cache write, the state merge.
+
+CUDA tensors run the kernels of the plan's schedule (:mod:`core.plan.schedule`: the provider
+where it covers the call, anyattn's Triton kernels everywhere else). CPU tensors run the
+Triton kernels through the interpreter when ``TRITON_INTERPRET=1``, and the chunked PyTorch
+reference otherwise (``ANYATTN_IMPL=reference|triton`` overrides the choice between reference
+and kernels, ``ANYATTN_KERNELS=auto|triton|fa3`` the provider). A call derives nothing its
+plan already holds: the schedule, the spans flag and the key-row starts come from the plan.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .inputs import check_call
+from .plan.plan import AttnPlan
+from .plan.views import cache_view, expand_descale
+from .providers import TRITON, Call
+from .providers.triton.kv_write import run_kv_write
+from .providers.triton.merge import run_merge_state
+from .semantics import checks, masks, reference
+from .semantics.params import AttnParams
+
+__all__ = ["attention", "write_kv_cache", "merge_state"]
+
+
+def use_triton(t: torch.Tensor) -> bool:
+    forced = os.environ.get("ANYATTN_IMPL", "")
+    if forced:
+        return forced == "triton"
+    return t.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: AttnPlan,
+              params: AttnParams, *, sinks: torch.Tensor | None = None,
+              k_descale: torch.Tensor | float | None = None,
+              v_descale: torch.Tensor | float | None = None,
+              out: torch.Tensor | None = None, return_lse: bool = False,
+              attn_mask: torch.Tensor | None = None, attn_bias: torch.Tensor | None = None,
+              alibi_slopes: torch.Tensor | None = None,
+              ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Attention of ``q [total_q, Hq, D]`` over the keys the plan describes.
+
+    The caches are read in the plan's pages (:func:`anyattn.core.plan.views.cache_view`):
+    ``[num_pages, page_size, Hk, D]`` with any strides, or token-major ``[num_slots, Hk, D]``;
+    contiguous-key plans take ``[total_k, Hk, D]``. ``k_descale``/``v_descale``: FP8
+    dequantisation scales, per tensor, per kv head or ``[batch, Hk]``.
+    ``attn_mask`` (bool, True = attend) and ``attn_bias`` (float, added to the scaled scores)
+    take the layouts of :mod:`core.semantics.masks` (speculative trees:
+    :func:`anyattn.core.cascade.cascade_attention`).
+    ``alibi_slopes [Hq]``: ALiBi, ``-slope[h] * |q_pos - k_pos|`` added to the scaled (and
+    soft-capped) scores, ``q_pos`` the query's bottom-right aligned position (FlashAttention-2's
+    convention). The plan's bidirectional spans (:mod:`core.semantics.spans`) apply per
+    ``params``. Writes into ``out`` when given (``[total_q, Hq, Dv]``); returns out, or
+    (out, lse) with lse ``[Hq, total_q]`` float32.
+    """
+    k_cache, v_cache = cache_view(k_cache, plan), cache_view(v_cache, plan)
+    if k_descale is not None or v_descale is not None:
+        rows, hk = plan.batch_size, k_cache.shape[-2]
+        k_descale = expand_descale(k_descale, rows, hk, q.device, "k_descale")
+        v_descale = expand_descale(v_descale, rows, hk, q.device, "v_descale")
+    check_call(q, k_cache, v_cache, plan, params, sinks=sinks, k_descale=k_descale,
+               v_descale=v_descale, out=out, alibi_slopes=alibi_slopes)
+    mask = bias = None
+    if attn_mask is not None or attn_bias is not None:
+        shape = dict(plan=plan, total_q=q.shape[0], hq=q.shape[1], hk=k_cache.shape[-2],
+                     device=q.device)
+        mask = masks.describe("attn_mask", attn_mask, **shape)
+        bias = masks.describe("attn_bias", attn_bias, **shape)
+        masks.check_key_rows(mask, bias)
+    call = Call(q, k_cache, v_cache, plan, params, out, return_lse, sinks, k_descale, v_descale,
+                mask, bias, alibi_slopes, params.use_spans and plan.has_spans)
+    if q.shape[0] == 0 or plan.batch_size == 0:
+        o, lse = _empty_result(call)
+    elif not use_triton(q):
+        o, lse = reference.reference_attention(
+            q, k_cache, v_cache, plan, params, sinks=sinks, k_descale=k_descale,
+            v_descale=v_descale, out=out, mask=mask, bias=bias, alibi_slopes=alibi_slopes)
+    else:
+        sched = plan.schedule_for(q, k_cache, v_cache)
+        provider = sched.provider
+        if provider is not TRITON and provider.uncovered_call(call) is not None:
+            provider = TRITON
+        o, lse = provider.run(call, sched)
+    return (o, lse) if return_lse else o
+
+
+def _empty_result(call: Call) -> tuple[torch.Tensor, torch.Tensor]:
+    """No queries (or no sequences): nothing to compute, on every path."""
+    q, out = call.q, call.out
+    if out is None:
+        out = q.new_empty(q.shape[0], q.shape[1], call.v_cache.shape[-1])
+    return out, torch.empty(q.shape[1], q.shape[0], dtype=torch.float32, device=q.device)
+
+
+def write_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                   v_cache: torch.Tensor, slot_mapping: torch.Tensor, *,
+                   k_scale: torch.Tensor | float | None = None,
+                   v_scale: torch.Tensor | float | None = None) -> None:
+    """Store ``k``/``v [T, Hk, D]`` at cache slots ``slot_mapping[T]`` (-1 = padding, skipped).
+
+    Caches are ``[num_pages, page_size, Hk, D]`` with any strides; an fp8 cache stores
+    ``k / k_scale`` (scales default to 1; finite and positive), saturated to the format's
+    finite range (e4m3 +-448, e5m2 +-57344) as vLLM's cache writes are.
+    """
+    checks.check_kv_write(k, v, k_cache, v_cache, slot_mapping)
+    checks.check_scale("k_scale", k_scale)
+    checks.check_scale("v_scale", v_scale)
+    if use_triton(k):
+        run_kv_write(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale)
+        return
+    reference.write_kv_reference(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale)
+
+
+def merge_state(o_a: torch.Tensor, lse_a: torch.Tensor, o_b: torch.Tensor,
+                lse_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge two partial results over disjoint keys: ``o [T, H, D]``, ``lse [H, T]`` float32."""
+    checks.check_rank("o_a", o_a, 3, "[num_tokens, num_heads, head_dim]")
+    checks.expect(o_b.shape == o_a.shape, lambda: f"o_b: expected shape {tuple(o_a.shape)} like o_a, got {tuple(o_b.shape)}")
+    t, h, _ = o_a.shape
+    for name, lse in (("lse_a", lse_a), ("lse_b", lse_b)):
+        checks.expect(tuple(lse.shape) == (h, t) and lse.dtype == torch.float32,
+                      lambda: f"{name}: expected float32 [num_heads={h}, num_tokens={t}], got {lse.dtype} {tuple(lse.shape)}")
+    if use_triton(o_a):
+        return run_merge_state(o_a, lse_a, o_b, lse_b)
+    return reference.merge_state_reference(o_a, lse_a, o_b, lse_b)
