@@ -5,6 +5,7 @@
 #   serving tests/gpu/test_vllm_serving.py (vLLM + anyattn vs FLASH_ATTN / TRITON_ATTN)
 #   tests   tests/core + tests/gpu on CUDA (bf16 sweep, FA3 provider, CUDA graphs)
 #   bench   bench/run_all.sh (kernels: anyattn auto / triton vs FA3, vLLM Triton, cuDNN)
+#   speed   bench/overhead.py, a decode subset and prefill.py (host cost and speed, same peers)
 #   e2e     ci/gpu/throughput.py (Llama-3-8B-shaped, anyattn vs FLASH_ATTN vs TRITON_ATTN)
 #   sglang_env, sglang_fa3, sglang_serving   with SITE=sglang (the SGLang 0.5.17 site):
 #           versions; tests/gpu/test_fa3_provider.py with sgl_kernel's FA3 (no vLLM on the path);
@@ -31,6 +32,8 @@ print('torch', torch.__version__, 'triton', triton.__version__, 'vllm', vllm.__v
     serving) ANYATTN_SERVING_OUT="$R/serving" python3 -m pytest -q -rs tests/gpu/test_vllm_serving.py ;;
     tests) python3 -m pytest -q -rs -n 8 tests/core tests/gpu --deselect tests/gpu/test_vllm_serving.py ;;
     bench) OUT="$R/bench" bash bench/run_all.sh --no-flex ;;
+    speed) (cd bench && python3 overhead.py && python3 decode.py --graph \
+              --shapes 1x4096,8x4096,64x4096,16x32768 && python3 prefill.py --no-flex) ;;
     e2e) python3 ci/gpu/throughput.py "$R/throughput.jsonl" ;;
     e2e_full) python3 ci/gpu/throughput.py "$R/throughput.jsonl" --backends FLASH_ATTN:FULL ;;
     sglang_env) nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
