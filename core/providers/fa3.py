@@ -121,8 +121,9 @@ class FA3Provider(Provider):
         sinks, dtype = call.sinks, call.q.dtype
         if sinks is not None and (sinks.dtype != torch.bfloat16 or dtype != torch.bfloat16):
             return f"sinks dtype {sinks.dtype} with q {dtype} (FA3: bf16 sinks and bf16 q only)"
-        if any(t is not None and t.stride(-1) != 1
-               for t in (call.q, call.k_cache, call.v_cache, call.out)):
+        out = call.out
+        if (call.q.stride(-1) != 1 or call.k_cache.stride(-1) != 1
+                or call.v_cache.stride(-1) != 1 or (out is not None and out.stride(-1) != 1)):
             return "a tensor whose last dim is not contiguous"
         return None
 

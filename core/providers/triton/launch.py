@@ -15,9 +15,9 @@ from a key that is cheap to build and at least as fine as Triton's specializatio
 - ``static``: the arguments fixed for a plan's calls (:class:`Static`, keyed once).
 
 A miss launches through Triton (compiling if needed) and keeps the binary; a hit calls the
-binary's launcher directly. The kernel's parameters must come in this group order, then the
-constexprs. Under ``TRITON_INTERPRET=1``, or with a launch hook installed (a profiler), every
-launch goes through Triton.
+binary's launcher directly, with Triton's launch hooks (profilers) as Triton passes them. The
+kernel's parameters must come in this group order, then the constexprs. Under
+``TRITON_INTERPRET=1`` every launch goes through Triton.
 """
 from __future__ import annotations
 
@@ -40,12 +40,6 @@ def _tensor_key(tensors: Sequence[torch.Tensor]) -> tuple:
 
 def _free_key(free: Sequence[int]) -> bool:
     return not free or (min(free) >= _I32[0] and max(free) <= _I32[1])
-
-
-def _launch_hooks() -> bool:
-    runtime = getattr(getattr(triton, "knobs", None), "runtime", None)
-    return runtime is not None and (runtime.launch_enter_hook is not None
-                                    or runtime.launch_exit_hook is not None)
 
 
 class Static:
@@ -71,7 +65,7 @@ class BoundKernel:
                  ints: tuple[int, ...], free: tuple[int, ...], floats: tuple[float, ...],
                  static: Static, constexprs: dict, options: dict) -> None:
         args = (*tensors, *ints, *free, *floats, *static.args)
-        if interpreting() or _launch_hooks():
+        if interpreting():
             self.fn[grid](*args, **constexprs, **options)
             return
         device = triton.runtime.driver.active.get_current_device()
@@ -84,5 +78,8 @@ class BoundKernel:
         if self._constexpr_names is None:
             self._constexpr_names = tuple(p.name for p in self.fn.params if p.is_constexpr)
         stream = triton.runtime.driver.active.get_current_stream(device)
+        args = (*args, *(constexprs[n] for n in self._constexpr_names))
+        hooks = triton.knobs.runtime
         binary.run(grid[0], grid[1], grid[2], stream, binary.function, binary.packed_metadata,
-                   None, None, None, *args, *(constexprs[n] for n in self._constexpr_names))
+                   binary.launch_metadata(grid, stream, *args), hooks.launch_enter_hook,
+                   hooks.launch_exit_hook, *args)
