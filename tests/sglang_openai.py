@@ -59,41 +59,55 @@ def get_json(url: str, timeout: float = 30) -> dict:
         return json.loads(response.read())
 
 
+def server_cmd(model: Path, tokenizer: Path, backend: str, settings: dict, port: int,
+               *extra_flags: str) -> list[str]:
+    return [sys.executable, "-m", "sglang.launch_server", "--model-path", str(model),
+            "--tokenizer-path", str(tokenizer), "--attention-backend", backend,
+            "--host", "127.0.0.1", "--port", str(port), "--enable-cache-report",
+            *as_flags(settings), *extra_flags]
+
+
+def server_backends(base: str) -> dict:
+    """The server's settings as it reports them (``/server_info``)."""
+    info = get_json(f"{base}/server_info")
+    return {k: info.get(k) for k in (
+        "attention_backend", "prefill_attention_backend", "decode_attention_backend",
+        "dtype", "device", "chunked_prefill_size", "disable_cuda_graph", "version")}
+
+
+def complete(base: str, model: Path, ids: list[int], max_tokens: int, *,
+             as_text: bool = False) -> dict:
+    """One greedy ``/v1/completions`` of ``ids`` (as text: ``local_tokenizer.text_of``)."""
+    reply = post_json(f"{base}/v1/completions", {
+        "model": str(model), "prompt": text_of(ids) if as_text else ids,
+        "max_tokens": max_tokens, "temperature": 0.0, "ignore_eos": True,
+        "return_token_ids": True, "logprobs": 2}, timeout=300)
+    choice = reply["choices"][0]
+    details = (reply.get("usage") or {}).get("prompt_tokens_details") or {}
+    return dict(as_text=as_text, tokens=choice["token_ids"],
+                prompt_token_ids=choice.get("prompt_token_ids"), text=choice["text"],
+                logprobs=(choice.get("logprobs") or {}).get("token_logprobs"),
+                finish_reason=choice["finish_reason"], cached_tokens=details.get("cached_tokens"))
+
+
 def server_outputs(model: Path, tokenizer: Path, backend: str, settings: dict,
                    prompts: list[list[int]], max_tokens: int, log: Path, *,
                    text_prompts: tuple[int, ...] = (), env: dict | None = None,
                    startup_s: float = 300, extra_flags: tuple[str, ...] = ()) -> dict:
     """``python -m sglang.launch_server`` on loopback: one ``/v1/completions`` per prompt.
 
-    Prompts whose index is in ``text_prompts`` are sent as text (``local_tokenizer.text_of``),
-    the others as token ids. Returns the server's settings as it reports them and, per
-    prompt, the completion's token ids, prompt token ids, text and logprobs.
+    Prompts whose index is in ``text_prompts`` are sent as text, the others as token ids.
+    Returns the server's settings as it reports them and, per prompt, the completion's token
+    ids, prompt token ids, text and logprobs.
     """
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(model),
-           "--tokenizer-path", str(tokenizer), "--attention-backend", backend,
-           "--host", "127.0.0.1", "--port", str(port), "--enable-cache-report",
-           *as_flags(settings), *extra_flags]
-    result: dict = dict(cmd=cmd, completions=[])
+    cmd = server_cmd(model, tokenizer, backend, settings, port, *extra_flags)
+    result: dict = dict(cmd=cmd)
     with running_server(cmd, log, f"{base}/health", env=env, startup_s=startup_s):
-        info = get_json(f"{base}/server_info")
-        result["server_info"] = {k: info.get(k) for k in (
-            "attention_backend", "prefill_attention_backend", "decode_attention_backend",
-            "dtype", "device", "chunked_prefill_size", "disable_cuda_graph", "version")}
-        for i, ids in enumerate(prompts):
-            reply = post_json(f"{base}/v1/completions", {
-                "model": str(model), "prompt": text_of(ids) if i in text_prompts else ids,
-                "max_tokens": max_tokens, "temperature": 0.0, "ignore_eos": True,
-                "return_token_ids": True, "logprobs": 2}, timeout=300)
-            choice = reply["choices"][0]
-            details = (reply.get("usage") or {}).get("prompt_tokens_details") or {}
-            result["completions"].append(dict(
-                as_text=i in text_prompts, tokens=choice["token_ids"],
-                prompt_token_ids=choice.get("prompt_token_ids"), text=choice["text"],
-                logprobs=(choice.get("logprobs") or {}).get("token_logprobs"),
-                finish_reason=choice["finish_reason"],
-                cached_tokens=details.get("cached_tokens")))
+        result["server_info"] = server_backends(base)
+        result["completions"] = [complete(base, model, ids, max_tokens, as_text=i in text_prompts)
+                                 for i, ids in enumerate(prompts)]
     return result
 
 
