@@ -44,14 +44,12 @@ if DEVICE == "cuda":
 from local_tokenizer import write_tokenizer  # noqa: E402
 from models import make_tiny  # noqa: E402
 from sglang_openai import compare, engine_outputs, server_outputs  # noqa: E402
+from sglang_serve_one import OFFLINE  # noqa: E402  (offline; sgl_kernel FA3; no DeepGEMM)
 
 OUT = Path(os.environ.get("ANYATTN_SERVING_OUT") or tempfile.mkdtemp(prefix="sglang-server-"))
 OUT.mkdir(parents=True, exist_ok=True)
 MODELS = Path(os.environ.get("ANYATTN_MODELS", OUT / "models"))
 HOOKS = ROOT / "ci" / "gpu" / "graph_hooks"
-# sglang_serve_one.py's environment: offline, sgl_kernel's FA3 for fa3, no DeepGEMM JIT.
-OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "SGLANG_USE_SGL_FA3_KERNEL": "1", "SGLANG_ENABLE_JIT_DEEPGEMM": "0"}
 MAX_TOKENS = 16
 if DEVICE == "cuda":
     SETTINGS = dict(dtype="bfloat16", random_seed=0, mem_fraction_static=0.3,
@@ -94,13 +92,13 @@ def test_openai_completions_match_engine():
 
     engine_env = env_with_replay_counter(OUT / "replays-engine")
     engine = engine_outputs(model, tokenizer, "anyattn", SETTINGS, prompts, MAX_TOKENS,
-                            OUT / "engine-anyattn.json", env=engine_env, timeout=600)
+                            OUT / "engine-anyattn.json", env=engine_env, timeout=300)
     engine_replays = replays(OUT / "replays-engine")
 
     server_env = env_with_replay_counter(OUT / "replays-server")
     server = server_outputs(model, tokenizer, "anyattn", SETTINGS, prompts, MAX_TOKENS,
                             OUT / "server.log", text_prompts=TEXT, env=server_env,
-                            startup_s=300)
+                            startup_s=240)
     server["graph_replays"] = replays(OUT / "replays-server")
     server["engine_graph_replays"] = engine_replays
     verdict = compare(server, engine, prompts)

@@ -10,8 +10,6 @@ subprocesses through its entry point.
 """
 from __future__ import annotations
 
-import sys
-
 import pytest
 
 from local_server import free_port, post_json, running_server
