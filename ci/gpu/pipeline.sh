@@ -7,9 +7,12 @@
 #   bench   bench/run_all.sh (kernels: anyattn auto / triton vs FA3, vLLM Triton, cuDNN)
 #   speed   bench/overhead.py, a decode subset and prefill.py (host cost and speed, same peers)
 #   e2e     ci/gpu/throughput.py (Llama-3-8B-shaped, anyattn vs FLASH_ATTN vs TRITON_ATTN)
-#   sglang_env, sglang_fa3, sglang_serving   with SITE=sglang (the SGLang 0.5.17 site):
-#           versions; tests/gpu/test_fa3_provider.py with sgl_kernel's FA3 (no vLLM on the path);
-#           tests/gpu/test_sglang_serving.py (SGLang + anyattn vs fa3 / triton, EAGLE)
+#   sglang_env, sglang_fa3, sglang_serving, sglang_server, sglang_e2e   with SITE=sglang (the
+#           SGLang 0.5.17 site): versions; tests/gpu/test_fa3_provider.py with sgl_kernel's FA3
+#           (no vLLM on the path); tests/gpu/test_sglang_serving.py (SGLang + anyattn vs fa3 /
+#           triton, EAGLE); tests/gpu/test_sglang_server.py (launch_server with anyattn,
+#           /v1/completions equal to sglang.Engine's tokens); ci/gpu/sglang_throughput.py
+#           (Llama-3-8B-shaped, anyattn vs fa3 vs triton, 3 alternating runs; at most 6 min)
 # Usage: bash ci/gpu/pipeline.sh RESULTS_DIR [STAGE ...]   (default: every stage, in order)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -43,6 +46,9 @@ print('torch', torch.__version__, 'triton', triton.__version__, 'sglang', sglang
     sglang_fa3) python3 -m pytest -q -rs tests/gpu/test_fa3_provider.py ;;
     sglang_serving) ANYATTN_SERVING_OUT="$R/sglang" python3 -m pytest -q -rs \
          tests/gpu/test_sglang_serving.py ${PYTEST_K:+-k "$PYTEST_K"} ;;
+    sglang_server) ANYATTN_SERVING_OUT="$R/sglang_server" python3 -m pytest -q -rs -s \
+         tests/gpu/test_sglang_server.py ;;
+    sglang_e2e) python3 ci/gpu/sglang_throughput.py "$R/sglang_throughput.jsonl" ${SGLANG_E2E_ARGS:-} ;;
     *) echo "unknown stage $1"; return 2 ;;
   esac
 }

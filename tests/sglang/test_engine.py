@@ -4,16 +4,18 @@
 ``sglang.Engine(attention_backend="anyattn")`` must generate what the same engine generates
 with SGLang's torch_native backend (greedy tokens equal, log-probs close), and
 ``python -m sglang.launch_server --attention-backend anyattn`` must answer ``/generate``
-with those tokens. The plugin reaches the scheduler subprocesses through its entry point.
+and the OpenAI ``/v1/completions`` (token ids, and text through a word-level tokenizer made
+locally, ``tests/local_tokenizer.py``) with those tokens. The plugin reaches the scheduler
+subprocesses through its entry point.
 """
 from __future__ import annotations
-
-import sys
 
 import pytest
 
 from local_server import free_port, post_json, running_server
-from tiny_llama import write_tiny_llama
+from local_tokenizer import write_tokenizer
+from sglang_openai import complete, server_backends, server_cmd
+from tiny_llama import CONFIG, write_tiny_llama
 
 PROMPTS = [[1, 5, 9, 33, 7, 200, 14], [1, 100, 2, 4], [1, 17]]
 SAMPLING = {"temperature": 0.0, "max_new_tokens": 12, "ignore_eos": True}
@@ -55,17 +57,23 @@ def test_engine_matches_torch_native(model_path, torch_native_outputs):
         assert _logprobs(mine) == pytest.approx(_logprobs(theirs), abs=1e-4)
 
 
-def test_launch_server_generate(model_path, torch_native_outputs, tmp_path):
+def test_launch_server_generate_and_openai_completions(model_path, torch_native_outputs,
+                                                       tmp_path):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", model_path,
-           "--device", "cpu", "--attention-backend", "anyattn",
-           "--skip-tokenizer-init", "--dtype", "float32", "--random-seed", "0",
-           "--mem-fraction-static", "0.3", "--disable-cuda-graph",
-           "--host", "127.0.0.1", "--port", str(port)]
+    tokenizer = write_tokenizer(tmp_path / "tokenizer", CONFIG["vocab_size"])
+    settings = dict(device="cpu", dtype="float32", random_seed=0, mem_fraction_static=0.3,
+                    disable_cuda_graph=True)
+    cmd = server_cmd(model_path, tokenizer, "anyattn", settings, port)
     with running_server(cmd, tmp_path / "server.log", f"{base}/health") as server:
+        assert server_backends(base)["attention_backend"] == "anyattn"
         for prompt, expected in zip(PROMPTS, torch_native_outputs):
             answer = post_json(f"{base}/generate",
                                {"input_ids": prompt, "sampling_params": SAMPLING})
             assert answer["output_ids"] == expected["output_ids"]
+        for i, (prompt, expected) in enumerate(zip(PROMPTS, torch_native_outputs)):
+            answer = complete(base, model_path, prompt, SAMPLING["max_new_tokens"],
+                              as_text=i % 2 == 1)
+            assert answer["prompt_token_ids"] == prompt
+            assert answer["tokens"] == expected["output_ids"]
     assert server.returncode is not None
