@@ -37,12 +37,14 @@ HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 @dataclass(frozen=True)
 class Source:
-    """Where FA3 came from: ``varlen`` (vLLM's signature) or ``kvcache`` (sgl_kernel's)."""
+    """Where FA3 came from: ``varlen`` (vLLM's signature, with ``metadata``, its ahead-of-time
+    tile scheduler) or ``kvcache`` (sgl_kernel's)."""
 
     name: str
     varlen: Callable | None = None
     kvcache: Callable | None = None
     needs_hopper: bool = True
+    metadata: Callable | None = None
 
 
 @functools.cache
@@ -51,7 +53,8 @@ def source() -> Source | None:
     try:
         from vllm.vllm_flash_attn import flash_attn_interface as fa
         if fa.FA3_AVAILABLE:
-            return Source("vllm.vllm_flash_attn", varlen=fa.flash_attn_varlen_func)
+            return Source("vllm.vllm_flash_attn", varlen=fa.flash_attn_varlen_func,
+                          metadata=getattr(fa, "get_scheduler_metadata", None))
     except Exception:  # no vLLM, or a vLLM without CUDA kernels (the CPU build)
         pass
     try:
@@ -128,16 +131,41 @@ class FA3Provider(Provider):
         return None
 
     def run(self, call: Call, schedule: Schedule) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return run_fa3(call)
+        return run_fa3(call, schedule.memo)
 
 
-def run_fa3(call: Call) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _scheduler_metadata(src: Source, call: Call, memo: dict) -> torch.Tensor | None:
+    """FA3's tile schedule for an eager paged plan, computed at its first call of each layer
+    kind and reused by the others (vLLM's FLASH_ATTN computes it once per step too); FA3 then
+    skips its own per-call scheduling. None for CUDA-graph plans, whose lengths change in
+    place between replays (FA3 schedules those on the device itself)."""
+    plan, params = call.plan, call.params
+    if src.metadata is None or plan.pad_rows or not plan.paged:
+        return None
+    key = ("fa3_metadata", params.causal, params.window_left, params.window_right,
+           params.softcap > 0)
+    found = memo.get(key)
+    if found is None:
+        q, hk = call.q, call.k_cache.shape[-2]
+        found = memo[key] = src.metadata(
+            batch_size=plan.batch_size, max_seqlen_q=plan.max_seqlen_q,
+            max_seqlen_k=plan.max_seqlen_k, num_heads_q=q.shape[1], num_heads_kv=hk,
+            headdim=q.shape[2], cache_seqlens=plan.seqused_k, qkv_dtype=q.dtype,
+            headdim_v=call.v_cache.shape[-1], cu_seqlens_q=plan.cu_seqlens_q,
+            page_size=plan.page_size, causal=params.causal,
+            window_size=(params.window_left, params.window_right),
+            has_softcap=params.softcap > 0)
+    return found
+
+
+def run_fa3(call: Call, memo: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One FA3 launch for the plan; writes ``out`` when given. Graph-safe: every size is a
     host int of the plan, and the split count is FA3's own heuristic on those."""
     src, plan, params, want_lse = source(), call.plan, call.params, call.want_lse
     window = [params.window_left, params.window_right]
     if src.varlen is not None:
-        keys = (dict(seqused_k=plan.seqused_k, block_table=plan.page_table) if plan.paged
+        keys = (dict(seqused_k=plan.seqused_k, block_table=plan.page_table,
+                     scheduler_metadata=_scheduler_metadata(src, call, memo)) if plan.paged
                 else dict(cu_seqlens_k=plan.cu_seqlens_k))
         res = src.varlen(call.q, call.k_cache, call.v_cache, max_seqlen_q=plan.max_seqlen_q,
                          cu_seqlens_q=plan.cu_seqlens_q, max_seqlen_k=plan.max_seqlen_k,

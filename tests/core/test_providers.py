@@ -53,7 +53,7 @@ class FakeFA3:
     def varlen(self, q, k, v, max_seqlen_q, cu_seqlens_q, max_seqlen_k, cu_seqlens_k=None,
                seqused_k=None, softmax_scale=None, causal=False, window_size=None, softcap=0.0,
                block_table=None, return_softmax_lse=False, out=None, num_splits=0,
-               fa_version=2, s_aux=None):
+               fa_version=2, s_aux=None, scheduler_metadata=None):
         assert fa_version == 3 and (cu_seqlens_k is None) != (seqused_k is None)
         self.calls.append("varlen")
         left, right = window_size or (-1, -1)
