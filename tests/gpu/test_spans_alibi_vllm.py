@@ -19,7 +19,7 @@ from batches import paged_batch
 from oracle import reference_path
 
 try:
-    from vllm.v1.attention.core.triton_unified_attention import unified_attention
+    from vllm.v1.attention.ops.triton_unified_attention import unified_attention
 except Exception as e:  # no vLLM on this machine
     pytest.skip(f"vLLM's unified_attention: {type(e).__name__}: {e}", allow_module_level=True)
 
