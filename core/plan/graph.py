@@ -167,4 +167,7 @@ class GraphPlans:
             plan.span_counts.fill_(0)
         if "key_starts" in plan._memo:
             torch.cumsum(plan.seqused_k, 0, out=plan.key_starts[1:])
+        for key, table in plan._memo.items():
+            if isinstance(key, tuple) and key[0] == "safe_page_table":
+                torch.clamp(plan.page_table, 0, max(key[1] - 1, 0), out=table)
         return plan

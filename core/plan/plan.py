@@ -101,6 +101,17 @@ class AttnPlan:
             found = self._memo[key] = self.schedule(Workload.of(q, k_cache, v_cache))
         return found
 
+    def safe_page_table(self, num_pages: int) -> torch.Tensor:
+        """``page_table`` with every id clamped into ``[0, num_pages)``: the table anyattn's
+        kernels read, so a bad id never sends a load outside a cache of ``num_pages`` pages
+        (one clamp per plan and cache size, not one per tile; :class:`~anyattn.core.plan.
+        graph.GraphPlans` refreshes it in place)."""
+        key = ("safe_page_table", num_pages)
+        found = self._memo.get(key)
+        if found is None:
+            found = self._memo[key] = self.page_table.clamp(0, max(num_pages - 1, 0))
+        return found
+
     @property
     def key_starts(self) -> torch.Tensor:
         """``[B+1]`` int32: where sequence ``b``'s keys start in key-side layouts

@@ -85,7 +85,7 @@ def _alibi_term(alibi, q_pos, start_n, BLOCK_N: tl.constexpr, ANY_SIDE: tl.const
 
 @triton.jit
 def _attn_tiles(
-    m_i, l_i, acc, q, K, V, PageTable, num_pages, b, kvh, k_start, start, stop, gap_at, gap_len,
+    m_i, l_i, acc, q, K, V, PageTable, b, kvh, k_start, start, stop, gap_at, gap_len,
     gap2_at, gap2_len, row_ok, tok, head, q_start, q_pos, scale, softcap, window_left, window_right,
     chunk_size, stride_kp, stride_ks, stride_kh, stride_kd, stride_vp, stride_vs, stride_vh,
     stride_vd, stride_pt, Mask, MaskStart, stride_mr, stride_mh, stride_mc, mask_cols,
@@ -182,9 +182,6 @@ def _attn_tiles(
                     page = tl.load(PageTable + b * stride_pt + page_idx, mask=n_ok, other=0)
                 else:
                     page = tl.load(PageTable + b * stride_pt + page_idx)
-                # A bad page id stays inside the cache (two integer ops per key of the tile:
-                # the only work the bounds add inside the loop).
-                page = tl.minimum(tl.maximum(page, 0), num_pages - 1)
                 k_row = page.to(tl.int64) * stride_kp + slot * stride_ks
                 v_row = page.to(tl.int64) * stride_vp + slot * stride_vs
             else:
@@ -393,7 +390,7 @@ def _attn_fwd(
     masked_lo = lo if HAS_WINDOW else bulk_hi
     for part in tl.static_range(2):  # the unmasked bulk, then the masked edges
         m_i, l_i, acc = _attn_tiles(
-            m_i, l_i, acc, q, K, V, PageTable, num_pages, b, kvh, k_start,
+            m_i, l_i, acc, q, K, V, PageTable, b, kvh, k_start,
             bulk_lo if part == 0 else masked_lo, span_bulk_hi if part == 0 else hi,
             bulk_hi if part == 0 else bulk_lo,
             span_bulk_lo - bulk_hi if part == 0 else bulk_hi - bulk_lo,
@@ -444,11 +441,15 @@ def _layout_args(spec: MaskSpec | None, dummy: torch.Tensor) -> tuple:
     return (t, spec.row_start), (t.stride(0), t.stride(1), col_stride), cols
 
 
-def _static(plan: AttnPlan) -> Static:
-    """The kernel's per-plan arguments (``CuSeqQ`` .. ``max_pages``)."""
+def _static(plan: AttnPlan, num_pages: int) -> Static:
+    """The kernel's per-plan arguments (``CuSeqQ`` .. ``max_pages``) for a cache of
+    ``num_pages`` pages: the page table with its ids clamped into the cache
+    (:meth:`AttnPlan.safe_page_table`), so a bad id never sends a load outside it and the
+    tile loop pays nothing for the bound."""
     dummy = plan.seqused_k
     if plan.paged:
-        keys = (plan.page_table, dummy, plan.page_table.stride(0))
+        table = plan.safe_page_table(num_pages)
+        keys = (table, dummy, table.stride(0))
     else:
         keys = (dummy, plan.cu_seqlens_k, 0)
     spans = ((plan.spans, plan.span_counts, plan.spans.stride(0), plan.spans.stride(1),
@@ -537,7 +538,8 @@ def run_attention(call: Call, tile: dict, memo: dict) -> tuple[torch.Tensor, tor
     mask_ptrs, mask_strides, mask_cols = _layout_args(mask, dummy)
     bias_ptrs, bias_strides, bias_cols = _layout_args(bias, dummy)
     sinks, alibi = call.sinks, call.alibi_slopes
-    variant = (params.causal, params.window_left >= 0 or params.window_right >= 0,
+    rows_k = k_cache.shape[0]
+    variant = (rows_k, params.causal, params.window_left >= 0 or params.window_right >= 0,
                params.chunk_size > 0, params.softcap > 0, sinks is not None,
                k_descale is not None, v_descale is not None, call.want_lse, call.spans,
                params.spans_in_window, alibi is not None, q.dtype, hq, d, hk, dv, key_shared is not None,
@@ -546,11 +548,10 @@ def run_attention(call: Call, tile: dict, memo: dict) -> tuple[torch.Tensor, tor
     if prepared is None:
         grid = (triton.cdiv(plan.max_seqlen_q * (hq // hk), tile["BLOCK_M"]),
                 plan.batch_size * hk, splits)
-        prepared = memo[variant] = (grid, _static(plan), _constexprs(
+        prepared = memo[variant] = (grid, _static(plan, rows_k), _constexprs(
             call, tile, key_shared, key_heads, mask, bias),
             dict(num_warps=tile["num_warps"], num_stages=tile["num_stages"]))
     grid, static, constexprs, options = prepared
-    rows_k = k_cache.shape[0]
     _ATTN_FWD(
         grid,
         (q, k_cache, v_cache, o_part, l_part,
