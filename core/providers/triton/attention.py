@@ -275,8 +275,9 @@ def _attn_fwd(
     kvh = pid_bh % NUM_KV_HEADS
 
     # Whatever the plan says, rows stay inside q/out ([0, total_q)) and keys inside the cache:
-    # the page table's row (max_pages columns) or k's rows ([0, total_k)). Prologue clamps
-    # only; a bad plan gives wrong rows (checks.py refuses it where it can), never a stray read.
+    # the page table's row (max_pages columns; its ids were clamped into the cache once per
+    # plan, AttnPlan.safe_page_table) or k's rows ([0, total_k)). Prologue clamps only; a bad
+    # plan gives wrong rows (the checks refuse it where they can), never a stray read.
     q_start = tl.minimum(tl.maximum(tl.load(CuSeqQ + b), 0), total_q)
     q_len = tl.minimum(tl.load(CuSeqQ + b + 1), total_q) - q_start
     if pid_m * BLOCK_M >= q_len * GROUP:
