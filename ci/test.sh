@@ -7,8 +7,8 @@
 # (default 2) pytest-xdist workers, since the interpreter and the engines' waits keep one
 # process on one core; the engine venvs and release sites are built in the background while
 # the core tests run (pip mostly waits on the network), and each engine script re-checks its
-# own setup afterwards, so a failed background build is retried and reported there. Each
-# stage prints its duration ("== stage NAME: N s").
+# own setup afterwards, so a failed background build is retried and reported there. Stages
+# print their durations ("== stage NAME: N s").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CI_WORKERS="${CI_WORKERS:-2}"
@@ -43,9 +43,13 @@ stage_done "engine setup (what was left after core)"
 if [ "$core_rc" -ne 0 ]; then
   exit "$core_rc"
 fi
+# A stage's duration is printed when the next one starts: the run's output ends with the last
+# pytest summary line.
+last=
 for engine in vllm vllm_releases sglang sglang_releases; do
   if [ -f "ci/test_${engine}.sh" ]; then
+    [ -z "$last" ] || stage_done "$last"
     bash "ci/test_${engine}.sh"
-    stage_done "$engine"
+    last=$engine
   fi
 done
