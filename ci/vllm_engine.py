@@ -69,12 +69,30 @@ def recorded_anyattn_steps(worker) -> tuple[list[list[tuple[int, int]]], list[st
     return _STEPS, sorted(_PATHS)
 
 
+def clear_anyattn_steps(worker) -> None:
+    _STEPS.clear()
+    _PATHS.clear()
+
+
 def generate_greedy(model: str, backend: str, prompts: list[list[int]], max_tokens: int,
                     model_probe=None, **engine_kwargs) -> Generation:
     """Greedy tokens for each prompt through ``vllm.LLM(attention_backend=backend)``.
 
     ``model_probe(model)`` runs in every worker on the loaded model before generating (a
     test's negative control may alter the attention layers with it).
+    """
+    return generate_greedy_runs(model, backend, prompts, max_tokens, [model_probe],
+                                **engine_kwargs)[0]
+
+
+def generate_greedy_runs(model: str, backend: str, prompts: list[list[int]], max_tokens: int,
+                         model_probes, **engine_kwargs) -> list[Generation]:
+    """:func:`generate_greedy` once per entry of ``model_probes`` (a probe or None), in order,
+    in one engine: an engine start costs tens of seconds on the CPU, a run a second or two.
+
+    Each run starts from an empty prefix cache (the one before it leaves none behind) and
+    records its own steps, so it is the run a fresh engine would make after its probe; probes
+    act on the model as the runs before them left it.
     """
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
@@ -83,19 +101,27 @@ def generate_greedy(model: str, backend: str, prompts: list[list[int]], max_toke
     try:
         worker_impls = llm.apply_model(attention_impls)
         impls = sorted({name for names in worker_impls for name in names})
-        if model_probe is not None:
-            llm.apply_model(model_probe)
         record = backend.upper() == "ANYATTN"
         if record:
             llm.collective_rpc(record_anyattn_steps)
         params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True,
                                 detokenize=False)
-        outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
-                            use_tqdm=False)
-        steps, paths = llm.collective_rpc(recorded_anyattn_steps)[0] if record else ([], [])
-        return Generation(tokens=[list(o.outputs[0].token_ids) for o in outs], impls=impls,
-                          worker_impls=[list(w) for w in worker_impls],
-                          cached_tokens=[o.num_cached_tokens or 0 for o in outs],
-                          steps=[[tuple(r) for r in s] for s in steps], core_paths=list(paths))
+        runs = []
+        for i, probe in enumerate(model_probes):
+            if i:
+                assert llm.reset_prefix_cache(), "the prefix cache was not reset"
+                if record:
+                    llm.collective_rpc(clear_anyattn_steps)
+            if probe is not None:
+                llm.apply_model(probe)
+            outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
+                                use_tqdm=False)
+            steps, paths = llm.collective_rpc(recorded_anyattn_steps)[0] if record else ([], [])
+            runs.append(Generation(
+                tokens=[list(o.outputs[0].token_ids) for o in outs], impls=impls,
+                worker_impls=[list(w) for w in worker_impls],
+                cached_tokens=[o.num_cached_tokens or 0 for o in outs],
+                steps=[[tuple(r) for r in s] for s in steps], core_paths=list(paths)))
+        return runs
     finally:
         llm.llm_engine.engine_core.shutdown()

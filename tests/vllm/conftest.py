@@ -28,6 +28,14 @@ runpy.run_path(str(CI_DIR / "pyshim" / "sitecustomize.py"))  # the shim, for thi
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+# Under pytest-xdist (ci/test_vllm.sh: two workers), each worker's engines keep their OpenMP
+# threads on a core of their own: vLLM's "auto" binding puts every engine's worker on the
+# same first core, so two engines starting at once would take turns on it.
+_xdist_worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _xdist_worker.startswith("gw") and hasattr(os, "sched_getaffinity"):
+    _cores = sorted(os.sched_getaffinity(0))
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND",
+                          str(_cores[int(_xdist_worker[2:]) % len(_cores)]))
 
 from tiny_model import make_prompts, make_tiny_llama  # noqa: E402
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from conftest import MAX_TOKENS, PROMPTS
 from tiny_model import make_tiny_falcon
-from vllm_engine import drop_alibi, generate_greedy
+from vllm_engine import drop_alibi, generate_greedy, generate_greedy_runs
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +25,13 @@ def falcon_cpu_attn(falcon):
 
 def test_reference_path_matches_cpu_attn(falcon, falcon_cpu_attn, monkeypatch):
     monkeypatch.setenv("ANYATTN_IMPL", "reference")
-    gen = generate_greedy(falcon, "anyattn", PROMPTS, MAX_TOKENS)
+    # The second run, in the same engine from an empty prefix cache, without the slopes.
+    gen, blind = generate_greedy_runs(falcon, "anyattn", PROMPTS, MAX_TOKENS, [None, drop_alibi])
     assert gen.impls == ["AnyAttnImpl"] and gen.core_paths == ["reference"]
     assert sum(c > 0 for c in gen.cached_tokens) >= 3, gen.cached_tokens
     assert gen.tokens == falcon_cpu_attn.tokens
     # The comparison sees ALiBi: the same engine without the slopes generates other tokens.
-    blind = generate_greedy(falcon, "anyattn", PROMPTS, MAX_TOKENS, model_probe=drop_alibi)
+    assert blind.core_paths == ["reference"] and blind.cached_tokens == gen.cached_tokens
     assert blind.tokens != falcon_cpu_attn.tokens
 
 
