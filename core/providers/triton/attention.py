@@ -567,7 +567,7 @@ def run_attention(call: Call, tile: dict, memo: dict) -> tuple[torch.Tensor, tor
          0 if alibi is None else alibi.stride(0), 0 if sinks is None else sinks.stride(0)),
         (total_q, rows_k, rows_k if plan.paged else 0, mask_cols, bias_cols,
          params.window_left, params.window_right, max(params.chunk_size, 1)),
-        (params.softmax_scale, params.softcap or 1.0),
+        (float(params.softmax_scale), float(params.softcap or 1.0)),  # floats: never specialized
         static, constexprs, options)
     if splits > 1:
         merge_splits(o_part, l_part, out, lse)

@@ -11,7 +11,7 @@ from a key that is cheap to build and at least as fine as Triton's specializatio
   every layer of a model);
 - ``free``: ints the kernel declares ``do_not_specialize`` (row counts, windows), which only
   need their 32-bit range checked;
-- ``floats``: never specialized;
+- ``floats``: Python floats (never specialized; an int here would be);
 - ``static``: the arguments fixed for a plan's calls (:class:`Static`, keyed once).
 
 A miss launches through Triton (compiling if needed) and keeps the binary; a hit calls the
