@@ -18,8 +18,7 @@ from ...semantics import checks
 from ...semantics.masks import MaskSpec
 from ..base import Call
 from .key_term import key_term, shared_key_side, term_start
-from .launch import BoundKernel, Static, interpreting
-from .merge import merge_splits
+from .launch import BoundKernel, LaunchKey, Static, interpreting
 
 if TYPE_CHECKING:
     from ...plan.plan import AttnPlan
@@ -81,6 +80,52 @@ def _alibi_term(alibi, q_pos, start_n, BLOCK_N: tl.constexpr, ANY_SIDE: tl.const
         return alibi[:, None] * tl.abs(q_pos[:, None] - offs_n[None, :]).to(tl.float32)
     row = alibi * (q_pos - start_n).to(tl.float32)
     return row[:, None] - alibi[:, None] * tl.arange(0, BLOCK_N).to(tl.float32)[None, :]
+
+
+@triton.jit
+def _merge_if_last(O, LSE, Out, OutLse, Arrival, t, head, row_ok, offs_dv,
+                   stride_os, stride_ot, stride_oh, stride_od, stride_ls, stride_lh, stride_lt,
+                   stride_fot, stride_foh, stride_fod, stride_flh, stride_flt,
+                   NUM_SPLITS: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_DV: tl.constexpr, WANT_LSE: tl.constexpr):
+    """The split merge, fused: the last of a tile's ``NUM_SPLITS`` programs to finish merges
+    their partial states (all splits, in split order: deterministic whichever finishes last)
+    into ``Out``/``OutLse``, then re-arms the tile's arrival counter for the next call (or
+    CUDA-graph replay). One launch per call instead of two: the merge's host cost goes away.
+
+    Ordering: the barrier puts every thread's partial stores before the counter's release;
+    the last program acquires, and reads the partials from L2 (``.cg``), not a stale L1.
+    """
+    tl.debug_barrier()
+    arrived = tl.atomic_add(Arrival, 1, sem="acq_rel", scope="gpu")
+    if arrived == NUM_SPLITS - 1:
+        d_ok = offs_dv < HEAD_DIM_V
+        o_mask = row_ok[:, None] & d_ok[None, :]
+        m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        total = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+        for s in range(NUM_SPLITS):
+            lse = tl.load(LSE + s * stride_ls + head * stride_lh + t * stride_lt, mask=row_ok,
+                          other=float("-inf"), cache_modifier=".cg")
+            o = tl.load(O + s * stride_os + t[:, None] * stride_ot + head[:, None] * stride_oh
+                        + offs_dv[None, :] * stride_od, mask=o_mask, other=0.0,
+                        cache_modifier=".cg")
+            m_new = tl.maximum(m, lse)
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp(m - m_safe)
+            w = tl.exp(lse - m_safe)
+            acc = acc * alpha[:, None] + w[:, None] * o
+            total = total * alpha + w
+            m = m_new
+        empty = total == 0.0
+        out = acc / tl.where(empty, 1.0, total)[:, None]
+        tl.store(Out + t[:, None] * stride_fot + head[:, None] * stride_foh
+                 + offs_dv[None, :] * stride_fod, out.to(Out.dtype.element_ty), mask=o_mask)
+        if WANT_LSE:
+            tl.store(OutLse + head * stride_flh + t * stride_flt,
+                     tl.where(empty, float("-inf"), m + tl.log(tl.where(empty, 1.0, total))),
+                     mask=row_ok)
+        tl.atomic_xchg(Arrival, 0)
 
 
 @triton.jit
@@ -244,11 +289,12 @@ def _attn_tiles(
                                 "window_left", "window_right", "chunk_size"])
 def _attn_fwd(
     # Per call (launch.BoundKernel's groups): tensors, strides, free ints, floats.
-    Q, K, V, O, LSE, Sinks, KDescale, VDescale, Mask, MaskStart, Bias, BiasStart, KeyTerm,
-    KeyStart, AlibiSlopes,
+    Q, K, V, O, LSE, Out, OutLse, Arrivals, Sinks, KDescale, VDescale, Mask, MaskStart, Bias,
+    BiasStart, KeyTerm, KeyStart, AlibiSlopes,
     stride_qt, stride_qh, stride_qd, stride_kp, stride_ks, stride_kh, stride_kd,
     stride_vp, stride_vs, stride_vh, stride_vd, stride_os, stride_ot, stride_oh, stride_od,
-    stride_ls, stride_lh, stride_lt, stride_mr, stride_mh, stride_mc, stride_br, stride_bh,
+    stride_ls, stride_lh, stride_lt, stride_fot, stride_foh, stride_fod, stride_flh, stride_flt,
+    stride_mr, stride_mh, stride_mc, stride_br, stride_bh,
     stride_bc, stride_th, stride_desc, stride_desc_h, stride_alibi, stride_sink,
     total_q, total_k, num_pages, mask_cols, bias_cols, window_left, window_right, chunk_size,
     qk_scale, softcap,
@@ -262,7 +308,7 @@ def _attn_fwd(
     NUM_SPLITS: tl.constexpr, PAGED: tl.constexpr, IS_CAUSAL: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_CHUNK: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     HAS_SINKS: tl.constexpr, HAS_K_DESCALE: tl.constexpr, HAS_V_DESCALE: tl.constexpr,
-    WRITE_LSE: tl.constexpr, UPCAST: tl.constexpr,
+    WRITE_LSE: tl.constexpr, WANT_LSE: tl.constexpr, UPCAST: tl.constexpr,
     MASK_LAYOUT: tl.constexpr, MASK_HEADS: tl.constexpr,
     BIAS_LAYOUT: tl.constexpr, BIAS_HEADS: tl.constexpr, SKIP_MASKED_TILES: tl.constexpr,
     KEY_SHARED: tl.constexpr, KEY_HEADS: tl.constexpr,
@@ -431,6 +477,12 @@ def _attn_fwd(
         lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
         tl.store(LSE + pid_s * stride_ls + head * stride_lh + (q_start + tok).to(tl.int64) * stride_lt,
                  lse, mask=row_ok)
+    if NUM_SPLITS > 1:
+        _merge_if_last(O, LSE, Out, OutLse, Arrivals + pid_bh * tl.num_programs(0) + pid_m,
+                       (q_start + tok).to(tl.int64), head, row_ok, offs_dv,
+                       stride_os, stride_ot, stride_oh, stride_od, stride_ls, stride_lh,
+                       stride_lt, stride_fot, stride_foh, stride_fod, stride_flh, stride_flt,
+                       NUM_SPLITS, HEAD_DIM_V, BLOCK_M, BLOCK_DV, WANT_LSE)
 
 
 def _layout_args(spec: MaskSpec | None, dummy: torch.Tensor) -> tuple:
@@ -475,7 +527,7 @@ def _constexprs(call: Call, tile: dict, key_shared: MaskSpec | None, key_heads: 
         HAS_CHUNK=params.chunk_size > 0, HAS_SOFTCAP=params.softcap > 0,
         HAS_SINKS=call.sinks is not None, HAS_K_DESCALE=call.k_descale is not None,
         HAS_V_DESCALE=call.v_descale is not None,
-        WRITE_LSE=call.want_lse or plan.num_splits > 1,
+        WRITE_LSE=call.want_lse or plan.num_splits > 1, WANT_LSE=call.want_lse,
         UPCAST=interpreting() and q.dtype == torch.bfloat16,
         MASK_LAYOUT=int(mask.layout) if mask else 0, MASK_HEADS=mask.heads if mask else 1,
         BIAS_LAYOUT=int(bias.layout) if bias else 0, BIAS_HEADS=bias.heads if bias else 1,
@@ -487,90 +539,119 @@ def _constexprs(call: Call, tile: dict, key_shared: MaskSpec | None, key_heads: 
 
 def _split_parts(call: Call, memo: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Split-KV partials ``[S, T, Hq, Dv]`` / ``[S, Hq, T]`` float32: one workspace per
-    schedule and row count, reused by every layer (their calls run in stream order)."""
+    schedule and shape, reused by every layer (their calls run in stream order)."""
     q, splits = call.q, call.plan.num_splits
-    key = ("split_parts", q.shape[0])
+    t, hq, dv = q.shape[0], q.shape[1], call.v_cache.shape[-1]
+    key = ("split_parts", t, hq, dv)
     parts = memo.get(key)
     if parts is None:
-        t, hq, dv = q.shape[0], q.shape[1], call.v_cache.shape[-1]
         parts = memo[key] = (
             torch.empty(splits, t, hq, dv, dtype=torch.float32, device=q.device),
             torch.empty(splits, hq, t, dtype=torch.float32, device=q.device))
     return parts
 
 
+class _Prepared:
+    """What a plan's calls of one variant share: the grid, the per-plan arguments, the
+    constexprs and options, the launch key, and (split plans) the fused merge's arrival
+    counters, one per (query tile, sequence x kv head), zero between calls. Calls of one plan
+    run in stream order (an engine's layers do); two streams must not share a plan."""
+
+    __slots__ = ("grid", "static", "constexprs", "options", "arrivals", "key")
+
+    def __init__(self, call: Call, tile: dict, variant: tuple, key_shared: MaskSpec | None,
+                 key_heads: int, mask: MaskSpec | None, bias: MaskSpec | None) -> None:
+        plan, q, hk = call.plan, call.q, call.k_cache.shape[-2]
+        self.grid = (triton.cdiv(plan.max_seqlen_q * (q.shape[1] // hk), tile["BLOCK_M"]),
+                     plan.batch_size * hk, plan.num_splits)
+        self.static = _static(plan, call.k_cache.shape[0])
+        self.constexprs = _constexprs(call, tile, key_shared, key_heads, mask, bias)
+        self.options = dict(num_warps=tile["num_warps"], num_stages=tile["num_stages"])
+        self.arrivals = (torch.zeros(self.grid[0] * self.grid[1], dtype=torch.int32,
+                                     device=q.device) if plan.num_splits > 1 else plan.seqused_k)
+        self.key = LaunchKey(variant, tuple(self.constexprs.values()),
+                             tuple(self.options.values()))
+
+
+def _variant(call: Call, key_heads: int, mask: MaskSpec | None, bias: MaskSpec | None) -> tuple:
+    """Everything a call's launch depends on besides its tensors' data and strides: with the
+    strides, it fixes the compiled kernel (dtypes included), so it keys the launch too."""
+    q, params, k_cache, sinks, alibi = call.q, call.params, call.k_cache, call.sinks, call.alibi_slopes
+    return (k_cache.shape[0], params.causal, params.window_left >= 0 or params.window_right >= 0,
+            params.chunk_size > 0, params.softcap > 0, sinks is not None and sinks.dtype,
+            call.k_descale is not None, call.v_descale is not None, call.want_lse, call.spans,
+            params.spans_in_window, alibi is not None and alibi.dtype, q.dtype, k_cache.dtype,
+            q.shape[1], q.shape[2], k_cache.shape[-2], call.v_cache.shape[-1], key_heads,
+            mask is not None and (mask.layout, mask.heads, mask.tensor.dtype),
+            bias is not None and (bias.layout, bias.heads, bias.tensor.dtype))
+
+
 def run_attention(call: Call, tile: dict, memo: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Launch the forward kernel (plus the split merge when the plan splits keys) with the
-    tile config ``tile``; ``memo`` keeps what is prepared once per schedule."""
+    """Launch the forward kernel with the tile config ``tile`` (split plans merge their splits
+    inside it); ``memo`` keeps what is prepared once per schedule."""
     q, k_cache, v_cache, plan, params = call.q, call.k_cache, call.v_cache, call.plan, call.params
     total_q, hq, d = q.shape
-    hk, dv = k_cache.shape[-2], v_cache.shape[-1]
-    out = call.out
+    out, want_lse = call.out, call.want_lse
     if out is None:
-        out = torch.empty(total_q, hq, dv, dtype=q.dtype, device=q.device)
-    lse = torch.empty(hq, total_q, dtype=torch.float32, device=q.device) if call.want_lse else None
+        out = torch.empty(total_q, hq, v_cache.shape[-1], dtype=q.dtype, device=q.device)
+    lse = torch.empty(hq, total_q, dtype=torch.float32, device=q.device) if want_lse else None
     if total_q == 0:
         return out, lse
-    splits = plan.num_splits
-    if splits > 1:
+    dummy = plan.seqused_k
+    mask, bias = call.mask, call.bias
+    key_shared = None
+    term_ptrs, stride_th, key_heads = (dummy, dummy), 0, 0
+    if mask is not None or bias is not None:
+        key_mask, key_bias = shared_key_side(mask, hq), shared_key_side(bias, hq)
+        key_shared = key_mask or key_bias
+        if key_shared:
+            term = key_term(key_mask, key_bias, plan, tile["BLOCK_N"])
+            term_ptrs, stride_th, key_heads = (term, key_shared.row_start), term.stride(0), term.shape[0]
+            mask = None if key_mask else mask
+            bias = None if key_bias else bias
+    variant = _variant(call, key_heads, mask, bias)
+    prepared = memo.get(variant)
+    if prepared is None:
+        prepared = memo[variant] = _Prepared(call, tile, variant, key_shared, max(key_heads, 1), mask, bias)
+    if plan.num_splits > 1:
         o_part, l_part = _split_parts(call, memo)
+        merged = (out, dummy if lse is None else lse, prepared.arrivals)
+        merged_strides = (*out.stride(), *((0, 0) if lse is None else lse.stride()))
+        l_strides = l_part.stride()
     else:  # without an LSE to write, the kernel never touches l_part: out stands in
-        o_part, l_part = out.unsqueeze(0), (lse.unsqueeze(0) if lse is not None else out.unsqueeze(0))
+        o_part = out.unsqueeze(0)
+        l_part = o_part if lse is None else lse.unsqueeze(0)
+        merged = (dummy, dummy, dummy)
+        merged_strides = (0, 0, 0, 0, 0)
+        l_strides = (0, 0, 0) if lse is None else l_part.stride()
     if plan.paged:
-        k_strides, v_strides = k_cache.stride(), v_cache.stride()
+        kv_strides = (*k_cache.stride(), *v_cache.stride())
     else:
-        k_strides, v_strides = (0, *k_cache.stride()), (0, *v_cache.stride())
+        kv_strides = (0, *k_cache.stride(), 0, *v_cache.stride())
     k_descale, v_descale = call.k_descale, call.v_descale
+    descale = k_descale if k_descale is not None else v_descale
     if k_descale is not None and v_descale is not None:
         checks.expect(k_descale.stride() == v_descale.stride(),
                       "v_descale: expected the same strides as k_descale")
-    descale = k_descale if k_descale is not None else v_descale
-    dummy = plan.seqused_k
-    mask, bias = call.mask, call.bias
-    key_mask, key_bias = shared_key_side(mask, hq), shared_key_side(bias, hq)
-    key_shared = key_mask or key_bias
-    if key_shared:
-        term = key_term(key_mask, key_bias, plan, tile["BLOCK_N"])
-        term_ptrs, stride_th, key_heads = (term, key_shared.row_start), term.stride(0), term.shape[0]
-        mask = None if key_mask else mask
-        bias = None if key_bias else bias
-    else:
-        term_ptrs, stride_th, key_heads = (dummy, dummy), 0, 1
     mask_ptrs, mask_strides, mask_cols = _layout_args(mask, dummy)
     bias_ptrs, bias_strides, bias_cols = _layout_args(bias, dummy)
     sinks, alibi = call.sinks, call.alibi_slopes
     rows_k = k_cache.shape[0]
-    variant = (rows_k, params.causal, params.window_left >= 0 or params.window_right >= 0,
-               params.chunk_size > 0, params.softcap > 0, sinks is not None,
-               k_descale is not None, v_descale is not None, call.want_lse, call.spans,
-               params.spans_in_window, alibi is not None, q.dtype, hq, d, hk, dv, key_shared is not None,
-               mask and (mask.layout, mask.heads), bias and (bias.layout, bias.heads), key_heads)
-    prepared = memo.get(variant)
-    if prepared is None:
-        grid = (triton.cdiv(plan.max_seqlen_q * (hq // hk), tile["BLOCK_M"]),
-                plan.batch_size * hk, splits)
-        prepared = memo[variant] = (grid, _static(plan, rows_k), _constexprs(
-            call, tile, key_shared, key_heads, mask, bias),
-            dict(num_warps=tile["num_warps"], num_stages=tile["num_stages"]))
-    grid, static, constexprs, options = prepared
     _ATTN_FWD(
-        grid,
-        (q, k_cache, v_cache, o_part, l_part,
+        prepared.grid, prepared.key,
+        (q, k_cache, v_cache, o_part, l_part, *merged,
          dummy if sinks is None else sinks,
          dummy if k_descale is None else k_descale,
          dummy if v_descale is None else v_descale,
          *mask_ptrs, *bias_ptrs, *term_ptrs, dummy if alibi is None else alibi),
-        (*q.stride(), *k_strides, *v_strides, *o_part.stride(),
-         *(l_part.stride() if (call.want_lse or splits > 1) else (0, 0, 0)),
+        (*q.stride(), *kv_strides, *o_part.stride(), *l_strides, *merged_strides,
          *mask_strides, *bias_strides, stride_th,
-         *(descale.stride() if descale is not None else (0, 0)),
+         *((0, 0) if descale is None else descale.stride()),
          0 if alibi is None else alibi.stride(0), 0 if sinks is None else sinks.stride(0)),
         (total_q, rows_k, rows_k if plan.paged else 0, mask_cols, bias_cols,
          params.window_left, params.window_right, max(params.chunk_size, 1)),
         (float(params.softmax_scale), float(params.softcap or 1.0)),  # floats: never specialized
-        static, constexprs, options)
-    if splits > 1:
-        merge_splits(o_part, l_part, out, lse)
+        prepared.static, prepared.constexprs, prepared.options)
     return out, lse
 
 

@@ -68,7 +68,7 @@ def run_kv_write(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cach
     ks = _scale_tensor(k_scale, k.device) if has_scale else slot_mapping
     vs = _scale_tensor(v_scale, k.device) if has_scale else slot_mapping
     _KV_WRITE(
-        (n, hk, 1), (k, v, k_cache, v_cache, slot_mapping, ks, vs),
+        (n, hk, 1), None, (k, v, k_cache, v_cache, slot_mapping, ks, vs),
         (*k.stride(), *v.stride(), *k_cache.stride(), *v_cache.stride()),
         (k_cache.shape[0] * k_cache.shape[1],), (), _NO_STATIC,
         dict(PAGE_SIZE=k_cache.shape[1], HEAD_DIM=d, HEAD_DIM_V=dv,

@@ -2,11 +2,14 @@
 
 ``kernel[grid](*args, **constexprs)`` re-derives on every call the specialization of every
 argument (each pointer's dtype and 16-byte alignment, whether each int is 1 or a multiple of
-16) to find the compiled binary: about 20 µs of host time for the attention kernel's 65
+16) to find the compiled binary: about 20 µs of host time for the attention kernel's 70
 arguments on the H200, plus the dispatch around it. :class:`BoundKernel` finds the binary
 from a key that is cheap to build and at least as fine as Triton's specialization:
 
-- ``tensors``: dtype and 16-byte alignment of each pointer argument;
+- ``key``: the caller's key for what fixes the binary besides the arguments below: the
+  pointers' dtypes and the constexprs and options (a caller that prepares those once per
+  variant passes that variant; None: the pointers' dtypes are read here);
+- ``tensors``: whether every pointer is 16-byte aligned (else which ones are);
 - ``ints``: exact values of the ints Triton specializes (strides, which are the same for
   every layer of a model);
 - ``free``: ints the kernel declares ``do_not_specialize`` (row counts, windows), which only
@@ -22,7 +25,7 @@ kernel's parameters must come in this group order, then the constexprs. Under
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, Hashable, Sequence
 
 import torch
 import triton
@@ -34,8 +37,13 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _tensor_key(tensors: Sequence[torch.Tensor]) -> tuple:
-    return tuple((t.dtype, t.data_ptr() & 15 == 0) for t in tensors)
+def _alignment(tensors: Sequence[torch.Tensor]) -> bool | tuple[bool, ...]:
+    """True when every pointer is 16-byte aligned (one OR over them), else each one's."""
+    ptrs = [t.data_ptr() for t in tensors]
+    bits = 0
+    for p in ptrs:
+        bits |= p
+    return not bits & 15 or tuple(p & 15 == 0 for p in ptrs)
 
 
 def _free_key(free: Sequence[int]) -> bool:
@@ -43,14 +51,38 @@ def _free_key(free: Sequence[int]) -> bool:
 
 
 class Static:
-    """Arguments fixed for a plan's calls (plan tensors, their strides, bounds), keyed once."""
+    """Arguments fixed for a plan's calls (plan tensors, their strides, bounds), keyed once:
+    it hashes by a value computed at construction."""
 
-    __slots__ = ("args", "key")
+    __slots__ = ("args", "key", "_hash")
 
     def __init__(self, args: Sequence[Any]) -> None:
         self.args = tuple(args)
         self.key = tuple((a.dtype, a.data_ptr() & 15 == 0) if isinstance(a, torch.Tensor)
                          else a for a in self.args)
+        self._hash = hash(self.key)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Static) and other.key == self.key
+
+
+class LaunchKey:
+    """A caller's launch key, hashed once: built when a variant is prepared, reused per call."""
+
+    __slots__ = ("items", "_hash")
+
+    def __init__(self, *items: Hashable) -> None:
+        self.items = items
+        self._hash = hash(items)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LaunchKey) and other.items == self.items
 
 
 class BoundKernel:
@@ -61,19 +93,22 @@ class BoundKernel:
         self._binaries: dict[tuple, Any] = {}
         self._constexpr_names: tuple[str, ...] | None = None
 
-    def __call__(self, grid: tuple[int, int, int], tensors: Sequence[torch.Tensor],
-                 ints: tuple[int, ...], free: tuple[int, ...], floats: tuple[float, ...],
-                 static: Static, constexprs: dict, options: dict) -> None:
+    def __call__(self, grid: tuple[int, int, int], key: Hashable | None,
+                 tensors: Sequence[torch.Tensor], ints: tuple[int, ...], free: tuple[int, ...],
+                 floats: tuple[float, ...], static: Static, constexprs: dict,
+                 options: dict) -> None:
         args = (*tensors, *ints, *free, *floats, *static.args)
         if interpreting():
             self.fn[grid](*args, **constexprs, **options)
             return
         device = triton.runtime.driver.active.get_current_device()
-        key = (device, _tensor_key(tensors), ints, _free_key(free), static.key,
-               tuple(constexprs.values()), tuple(options.values()))
-        binary = self._binaries.get(key)
+        if key is None:
+            key = (tuple(t.dtype for t in tensors), tuple(constexprs.values()),
+                   tuple(options.values()))
+        full_key = (device, key, _alignment(tensors), ints, _free_key(free), static)
+        binary = self._binaries.get(full_key)
         if binary is None:
-            self._binaries[key] = self.fn[grid](*args, **constexprs, **options)
+            self._binaries[full_key] = self.fn[grid](*args, **constexprs, **options)
             return
         if self._constexpr_names is None:
             self._constexpr_names = tuple(p.name for p in self.fn.params if p.is_constexpr)

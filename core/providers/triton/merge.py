@@ -66,7 +66,7 @@ def _launch(o_a: torch.Tensor, l_a: torch.Tensor, o_b: torch.Tensor | None,
     has_b = o_b is not None
     ob, lb = (o_b, l_b) if has_b else (o_a[0], l_a[0])
     _MERGE(
-        (t, h, 1), (o_a, l_a, ob, lb, out, lse if lse is not None else l_a),
+        (t, h, 1), None, (o_a, l_a, ob, lb, out, lse if lse is not None else l_a),
         (*o_a.stride(), *l_a.stride(), *ob.stride(), *lb.stride(), *out.stride(),
          *(lse.stride() if lse is not None else (0, 0))), (), (), _NO_STATIC,
         dict(HEAD_DIM_V=dv, BLOCK_DV=triton.next_power_of_2(dv), NUM_A=num_a,
