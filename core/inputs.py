@@ -13,41 +13,35 @@ import torch
 from .plan.plan import AttnPlan
 from .plan.validate import check_plan_values
 from .semantics.checks import (FLOAT_DTYPES, FP8_DTYPES, MAX_HEAD_DIM, check_alibi_slopes,
-                               check_device, check_rank, check_scale, debug_mode, expect)
+                               check_device, check_rank, check_scale, expect)
 from .semantics.params import AttnParams
 
 _CACHE_LAYOUT = {True: "[num_pages, page_size, num_kv_heads, head_dim]",
                  False: "[total_k, num_kv_heads, head_dim]"}
 
 
-def _meta(t: torch.Tensor | None) -> tuple | None:
-    return None if t is None else (t.shape, t.dtype, t.device)
-
-
 def check_call(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: AttnPlan,
-               params: AttnParams, *, sinks: torch.Tensor | None,
-               k_descale: torch.Tensor | None, v_descale: torch.Tensor | None,
-               out: torch.Tensor | None, alibi_slopes: torch.Tensor | None = None) -> None:
+               *, sinks: torch.Tensor | None, k_descale: torch.Tensor | None,
+               v_descale: torch.Tensor | None, out: torch.Tensor | None,
+               alibi_slopes: torch.Tensor | None = None) -> None:
     """Raise ValueError (naming the argument) unless the call's tensors fit the plan.
 
-    The host checks depend only on the tensors' shapes, dtypes and devices: a plan remembers
-    the signatures that passed (the layers of a step share a handful), so a later call with
-    one of them skips straight to the device-value checks (CPU tensors or debug mode)."""
+    These checks read only the tensors' shapes, dtypes and devices (host facts): a plan
+    remembers the signatures that passed (:func:`anyattn.core.run.attention`), so a step's
+    layers pay them once."""
     if alibi_slopes is not None and not isinstance(alibi_slopes, torch.Tensor):
         check_alibi_slopes(alibi_slopes, q.shape[-2])
-    signature = (q.shape, q.dtype, q.device, k_cache.shape, k_cache.dtype, k_cache.device,
-                 v_cache.shape, v_cache.dtype, v_cache.device, _meta(out), _meta(sinks),
-                 _meta(k_descale), _meta(v_descale), _meta(alibi_slopes))
-    passed = plan._memo.setdefault("passed_calls", set())
-    if signature not in passed:
-        _check_host(q, k_cache, v_cache, plan, sinks=sinks, k_descale=k_descale,
-                    v_descale=v_descale, out=out, alibi_slopes=alibi_slopes)
-        if len(passed) < 64:
-            passed.add(signature)
-    if q.device.type == "cpu" or debug_mode():
-        check_lengths(plan, q, k_cache, params)
-        check_scale("k_descale", k_descale)
-        check_scale("v_descale", v_descale)
+    _check_host(q, k_cache, v_cache, plan, sinks=sinks, k_descale=k_descale,
+                v_descale=v_descale, out=out, alibi_slopes=alibi_slopes)
+
+
+def check_values(q: torch.Tensor, k_cache: torch.Tensor, plan: AttnPlan, params: AttnParams,
+                 *, k_descale: torch.Tensor | None, v_descale: torch.Tensor | None) -> None:
+    """The checks that read device values: every call with CPU tensors, and under
+    ``ANYATTN_DEBUG=1`` (:mod:`core.semantics.checks` says why not otherwise)."""
+    check_lengths(plan, q, k_cache, params)
+    check_scale("k_descale", k_descale)
+    check_scale("v_descale", v_descale)
 
 
 def _check_host(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: AttnPlan,

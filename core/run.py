@@ -5,7 +5,8 @@ where it covers the call, anyattn's Triton kernels everywhere else). CPU tensors
 Triton kernels through the interpreter when ``TRITON_INTERPRET=1``, and the chunked PyTorch
 reference otherwise (``ANYATTN_IMPL=reference|triton`` overrides the choice between reference
 and kernels, ``ANYATTN_KERNELS=auto|triton|fa3`` the provider). A call derives nothing its
-plan already holds: the schedule, the spans flag and the key-row starts come from the plan.
+plan already holds: the schedule, the spans flag and the key-row starts come from the plan,
+and a call whose tensors' signature the plan has seen skips the host checks and the routing.
 """
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import os
 
 import torch
 
-from .inputs import check_call
+from .inputs import check_call, check_values
 from .plan.plan import AttnPlan
+from .plan.schedule import Schedule
 from .plan.views import cache_view, expand_descale
-from .providers import TRITON, Call
+from .providers import TRITON, Call, Provider
 from .providers.triton.kv_write import run_kv_write
 from .providers.triton.merge import run_merge_state
 from .semantics import checks, masks, reference
@@ -60,8 +62,6 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pla
         rows, hk = plan.batch_size, k_cache.shape[-2]
         k_descale = expand_descale(k_descale, rows, hk, q.device, "k_descale")
         v_descale = expand_descale(v_descale, rows, hk, q.device, "v_descale")
-    check_call(q, k_cache, v_cache, plan, params, sinks=sinks, k_descale=k_descale,
-               v_descale=v_descale, out=out, alibi_slopes=alibi_slopes)
     mask = bias = None
     if attn_mask is not None or attn_bias is not None:
         shape = dict(plan=plan, total_q=q.shape[0], hq=q.shape[1], hk=k_cache.shape[-2],
@@ -69,6 +69,20 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pla
         mask = masks.describe("attn_mask", attn_mask, **shape)
         bias = masks.describe("attn_bias", attn_bias, **shape)
         masks.check_key_rows(mask, bias)
+        known = None  # mask layouts vary per call: checked and routed every time
+    else:
+        key = (params, return_lse, _meta(q), _meta(k_cache), _meta(v_cache), _meta(out),
+               _meta(sinks), _meta(k_descale), _meta(v_descale), _meta(alibi_slopes))
+        calls = plan._memo.setdefault("calls", {})
+        known = calls.get(key)
+    if known is None:
+        check_call(q, k_cache, v_cache, plan, sinks=sinks, k_descale=k_descale,
+                   v_descale=v_descale, out=out, alibi_slopes=alibi_slopes)
+        known = _Known()
+        if mask is None and bias is None and len(calls) < 64:
+            calls[key] = known
+    if q.device.type == "cpu" or checks.debug_mode():
+        check_values(q, k_cache, plan, params, k_descale=k_descale, v_descale=v_descale)
     call = Call(q, k_cache, v_cache, plan, params, out, return_lse, sinks, k_descale, v_descale,
                 mask, bias, alibi_slopes, params.use_spans and plan.has_spans)
     if q.shape[0] == 0 or plan.batch_size == 0:
@@ -78,12 +92,39 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pla
             q, k_cache, v_cache, plan, params, sinks=sinks, k_descale=k_descale,
             v_descale=v_descale, out=out, mask=mask, bias=bias, alibi_slopes=alibi_slopes)
     else:
-        sched = plan.schedule_for(q, k_cache, v_cache)
-        provider = sched.provider
-        if provider is not TRITON and provider.uncovered_call(call) is not None:
-            provider = TRITON
+        if known.route is None:
+            known.route = _route(call)
+        provider, sched = known.route
         o, lse = provider.run(call, sched)
     return (o, lse) if return_lse else o
+
+
+def _meta(t: torch.Tensor | None) -> tuple | type | None:
+    if isinstance(t, torch.Tensor):
+        return t.shape, t.stride(), t.dtype, t.device
+    return None if t is None else type(t)  # not a tensor: the checks refuse it
+
+
+class _Known:
+    """A call signature a plan has seen: its tensors' shapes, strides, dtypes and devices
+    passed the host checks, and ``route`` (once a kernel path asked) holds the provider and
+    schedule its calls run on. Every host fact a check or a provider's choice reads is in
+    the signature, so a later call with it skips straight to the launch."""
+
+    __slots__ = ("route",)
+
+    def __init__(self) -> None:
+        self.route: tuple[Provider, Schedule] | None = None
+
+
+def _route(call: Call) -> tuple[Provider, Schedule]:
+    """The plan's schedule for the call's workload, and the provider that runs the call: the
+    schedule's, where it covers the call's per-layer features, else the Triton kernels."""
+    sched = call.plan.schedule_for(call.q, call.k_cache, call.v_cache)
+    provider = sched.provider
+    if provider is not TRITON and provider.uncovered_call(call) is not None:
+        provider = TRITON
+    return provider, sched
 
 
 def _empty_result(call: Call) -> tuple[torch.Tensor, torch.Tensor]:

@@ -160,30 +160,40 @@ def _scheduler_metadata(src: Source, call: Call, memo: dict) -> torch.Tensor | N
 
 def run_fa3(call: Call, memo: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One FA3 launch for the plan; writes ``out`` when given. Graph-safe: every size is a
-    host int of the plan, and the split count is FA3's own heuristic on those."""
-    src, plan, params, want_lse = source(), call.plan, call.params, call.want_lse
-    window = [params.window_left, params.window_right]
+    host int of the plan, and the split count is FA3's own heuristic on those. The keyword
+    arguments a layer's calls share are built once per (schedule, params, LSE wanted)."""
+    src, want_lse = source(), call.want_lse
+    key = ("fa3_kwargs", call.params, want_lse)
+    kwargs = memo.get(key)
+    if kwargs is None:
+        kwargs = memo[key] = _plan_kwargs(src, call, memo)
     if src.varlen is not None:
-        keys = (dict(seqused_k=plan.seqused_k, block_table=plan.page_table,
-                     scheduler_metadata=_scheduler_metadata(src, call, memo)) if plan.paged
-                else dict(cu_seqlens_k=plan.cu_seqlens_k))
-        res = src.varlen(call.q, call.k_cache, call.v_cache, max_seqlen_q=plan.max_seqlen_q,
-                         cu_seqlens_q=plan.cu_seqlens_q, max_seqlen_k=plan.max_seqlen_k,
-                         softmax_scale=params.softmax_scale, causal=params.causal,
-                         window_size=window, softcap=params.softcap, out=call.out,
-                         return_softmax_lse=want_lse, num_splits=0, fa_version=3,
-                         s_aux=call.sinks, **keys)
+        res = src.varlen(call.q, call.k_cache, call.v_cache, out=call.out, s_aux=call.sinks,
+                         **kwargs)
     else:
-        res = src.kvcache(call.q, call.k_cache, call.v_cache, cache_seqlens=plan.seqused_k,
-                          page_table=plan.page_table, cu_seqlens_q=plan.cu_seqlens_q,
-                          max_seqlen_q=plan.max_seqlen_q, softmax_scale=params.softmax_scale,
-                          causal=params.causal, window_size=tuple(window),
-                          softcap=params.softcap, num_splits=0, out=call.out,
-                          return_softmax_lse=want_lse, sinks=call.sinks)
+        res = src.kvcache(call.q, call.k_cache, call.v_cache, out=call.out, sinks=call.sinks,
+                          **kwargs)
     o, lse = (res[0], res[1]) if want_lse else (res, None)
     if lse is not None:
         lse.masked_fill_(lse == float("inf"), float("-inf"))  # empty rows: anyattn's -inf
     return o, lse
+
+
+def _plan_kwargs(src: Source, call: Call, memo: dict) -> dict:
+    """FA3's arguments fixed by the plan and the layer's params, in the source's signature."""
+    plan, params = call.plan, call.params
+    window = (params.window_left, params.window_right)
+    common = dict(max_seqlen_q=plan.max_seqlen_q, cu_seqlens_q=plan.cu_seqlens_q,
+                  softmax_scale=params.softmax_scale, causal=params.causal,
+                  softcap=params.softcap, return_softmax_lse=call.want_lse, num_splits=0)
+    if src.varlen is None:
+        return dict(common, cache_seqlens=plan.seqused_k, page_table=plan.page_table,
+                    window_size=window)
+    keys = (dict(seqused_k=plan.seqused_k, block_table=plan.page_table,
+                 scheduler_metadata=_scheduler_metadata(src, call, memo)) if plan.paged
+            else dict(cu_seqlens_k=plan.cu_seqlens_k))
+    return dict(common, max_seqlen_k=plan.max_seqlen_k, window_size=list(window), fa_version=3,
+                **keys)
 
 
 FA3 = FA3Provider()
