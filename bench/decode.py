@@ -52,8 +52,10 @@ def main() -> None:
         out = torch.empty_like(q)
         row = dict(bench=tag + mode, shape=shape)
         for choice, name in ANYATTN_IMPLS.items():
+            # Replays run what an engine's CUDA-graph plans run (GraphPlans: for_graphs).
             run, provider, plan = anyattn_call(choice, q, k_cache, v_cache, [ql] * batch,
-                                               [seq] * batch, table, params, out)
+                                               [seq] * batch, table, params, out,
+                                               for_graphs=args.graph)
             emit_timed(rows, lambda: wrap(run), "tbps", kv_bytes, **row, impl=name,
                        splits=plan.num_splits, provider=provider)
         if fa is not None:

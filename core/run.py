@@ -62,15 +62,9 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pla
         rows, hk = plan.batch_size, k_cache.shape[-2]
         k_descale = expand_descale(k_descale, rows, hk, q.device, "k_descale")
         v_descale = expand_descale(v_descale, rows, hk, q.device, "v_descale")
-    mask = bias = None
-    if attn_mask is not None or attn_bias is not None:
-        shape = dict(plan=plan, total_q=q.shape[0], hq=q.shape[1], hk=k_cache.shape[-2],
-                     device=q.device)
-        mask = masks.describe("attn_mask", attn_mask, **shape)
-        bias = masks.describe("attn_bias", attn_bias, **shape)
-        masks.check_key_rows(mask, bias)
-        known = None  # mask layouts vary per call: checked and routed every time
-    else:
+    masked = attn_mask is not None or attn_bias is not None
+    known = None  # calls with masks (their layouts vary per call) are checked and routed each time
+    if not masked:
         key = (params, return_lse, _meta(q), _meta(k_cache), _meta(v_cache), _meta(out),
                _meta(sinks), _meta(k_descale), _meta(v_descale), _meta(alibi_slopes))
         calls = plan._memo.setdefault("calls", {})
@@ -79,10 +73,17 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pla
         check_call(q, k_cache, v_cache, plan, sinks=sinks, k_descale=k_descale,
                    v_descale=v_descale, out=out, alibi_slopes=alibi_slopes)
         known = _Known()
-        if mask is None and bias is None and len(calls) < 64:
+        if not masked and len(calls) < 64:
             calls[key] = known
     if q.device.type == "cpu" or checks.debug_mode():
         check_values(q, k_cache, plan, params, k_descale=k_descale, v_descale=v_descale)
+    mask = bias = None
+    if masked:
+        shape = dict(plan=plan, total_q=q.shape[0], hq=q.shape[1], hk=k_cache.shape[-2],
+                     device=q.device)
+        mask = masks.describe("attn_mask", attn_mask, **shape)
+        bias = masks.describe("attn_bias", attn_bias, **shape)
+        masks.check_key_rows(mask, bias)
     call = Call(q, k_cache, v_cache, plan, params, out, return_lse, sinks, k_descale, v_descale,
                 mask, bias, alibi_slopes, params.use_spans and plan.has_spans)
     if q.shape[0] == 0 or plan.batch_size == 0:

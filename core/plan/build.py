@@ -19,7 +19,8 @@ def build_plan(cu_seqlens_q: torch.Tensor, seqused_k: torch.Tensor | None, *, ma
                num_splits: int | None = None, deterministic: bool = False,
                page_size: int | None = None, workload: Workload | None = None,
                spans: tuple[torch.Tensor, torch.Tensor] | None = None,
-               total_q: int | None = None, total_k: int | None = None) -> AttnPlan:
+               total_q: int | None = None, total_k: int | None = None,
+               for_graphs: bool = False) -> AttnPlan:
     """Assemble a plan; ``num_splits=None`` picks the split count from static sizes.
 
     With contiguous keys, ``seqused_k=None`` means every sequence uses its whole
@@ -30,7 +31,8 @@ def build_plan(cu_seqlens_q: torch.Tensor, seqused_k: torch.Tensor | None, *, ma
     ``spans``: the step's bidirectional spans as ``(spans, span_counts)`` from
     :func:`anyattn.core.semantics.spans.span_table`. ``total_q`` / ``total_k``: ``cu_seqlens_q[-1]`` /
     ``cu_seqlens_k[-1]`` when the caller holds them on the host (every call then checks q's and
-    k's rows against them, see :class:`AttnPlan`).
+    k's rows against them, see :class:`AttnPlan`). ``for_graphs``: the plan will be captured in
+    a CUDA graph and replayed (:class:`AttnPlan` says what it changes).
 
     ``max_seqlen_q`` must bound every sequence's query count (it sizes the launch grid: rows
     past it would not be computed); ``ANYATTN_DEBUG=1`` (or CPU tensors) checks it.
@@ -66,6 +68,7 @@ def build_plan(cu_seqlens_q: torch.Tensor, seqused_k: torch.Tensor | None, *, ma
         span_counts=None if spans is None else spans[1],
         total_q=None if total_q is None else int(total_q),
         total_k=None if total_k is None else int(total_k),
+        for_graphs=for_graphs,
     )
     if workload is not None:
         plan.schedule(workload)

@@ -130,6 +130,7 @@ class GraphPlans:
                 max_seqlen_q=storage.max_seqlen_q, max_seqlen_k=storage.max_seqlen_k,
                 page_table=storage.page_table[:rows], page_size=storage.page_size,
                 num_splits=splits, deterministic=self.deterministic, pad_rows=True,
+                for_graphs=True,
                 spans=storage.spans[:rows] if spans else None,
                 span_counts=storage.span_counts[:rows] if spans else None)
             if self.workload is not None:

@@ -45,6 +45,11 @@ class AttnPlan:
     own no rows); those output rows are not written. Otherwise q's rows must be exactly
     ``cu_seqlens_q[-1]``.
 
+    ``for_graphs``: the plan is captured in CUDA graphs and replayed (GraphPlans' plans), so
+    its calls' cost is GPU time; an eager plan's is mostly host time. Kernel choices that
+    trade one for the other read it (the Triton split merge: a second kernel for replays,
+    fused into the first for eager calls, :mod:`core.providers.triton.attention`).
+
     Derived when the plan is built, read by every call (never re-derived per layer):
     ``batch_size``, ``paged``, ``has_spans``; the kernel schedule per :class:`Workload`
     (:meth:`schedule`: provider, Triton tile and splits), chosen once; ``key_starts``, where
@@ -66,6 +71,7 @@ class AttnPlan:
     total_q: int | None = None
     total_k: int | None = None
     pad_rows: bool = False
+    for_graphs: bool = False
     batch_size: int = field(init=False)
     paged: bool = field(init=False)
     has_spans: bool = field(init=False)

@@ -1,4 +1,5 @@
 """Triton kernels (interpreter on CPU, compiled on CUDA) against the chunked reference."""
+import dataclasses
 import math
 import random
 
@@ -130,17 +131,22 @@ def test_split_merge_equals_unsplit():
     torch.testing.assert_close(many[1], one[1], atol=1e-3, rtol=1e-3)
 
 
-def test_fused_split_merge_rearms_between_calls():
-    """The last split of each tile merges in the kernel and re-arms its counter: calls of one
-    split plan, with and without an LSE, in any order, give the same bits and the reference."""
+@pytest.mark.parametrize("for_graphs", [False, True], ids=["fused", "second_kernel"])
+@pytest.mark.parametrize("splits", [3, 9], ids=["by_split", "by_row"])
+def test_split_merge_rearms_between_calls(splits, for_graphs):
+    """Eager plans merge their splits in the forward kernel (the last split of a tile, split
+    by split or row by row when a tile has fewer rows than splits) and re-arm its counter;
+    graph plans merge in a second kernel. Either way, calls of one split plan, with and
+    without an LSE, in any order, give the same bits and the reference."""
     dtype = DTYPES[-1]
     params = AttnParams(softmax_scale=0.125)
     b = paged_batch([1, 2, 0, 1], [900, 40, 0, 333], hq=8, hk=2, d=64, dtype=dtype,
-                    device=DEVICE, seed=9, num_splits=4)
-    ref, ref_lse = reference_attention(b.q, b.k_cache, b.v_cache, b.plan, params)
-    first, first_lse = core.attention(b.q, b.k_cache, b.v_cache, b.plan, params, return_lse=True)
-    plain = core.attention(b.q, b.k_cache, b.v_cache, b.plan, params)
-    again, again_lse = core.attention(b.q, b.k_cache, b.v_cache, b.plan, params, return_lse=True)
+                    device=DEVICE, seed=9, num_splits=splits)
+    plan = dataclasses.replace(b.plan, for_graphs=for_graphs)
+    ref, ref_lse = reference_attention(b.q, b.k_cache, b.v_cache, plan, params)
+    first, first_lse = core.attention(b.q, b.k_cache, b.v_cache, plan, params, return_lse=True)
+    plain = core.attention(b.q, b.k_cache, b.v_cache, plan, params)
+    again, again_lse = core.attention(b.q, b.k_cache, b.v_cache, plan, params, return_lse=True)
     assert_matches(first, first_lse, ref, ref_lse, dtype)
     assert torch.equal(plain, first) and torch.equal(again, first)
     assert torch.equal(again_lse, first_lse)
