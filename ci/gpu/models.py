@@ -64,6 +64,9 @@ def make_tiny(name: str, root: Path, seed: int = 0) -> Path:
     model.to(torch.bfloat16).save_pretrained(path, safe_serialization=True)
     conf = json.loads((path / "config.json").read_text())
     conf["torch_dtype"] = conf["dtype"] = "bfloat16"
+    if "hidden_activation" in conf:
+        # SGLang 0.5.17's Gemma-2 reads the older name (transformers 5 writes only the new one).
+        conf.setdefault("hidden_act", conf["hidden_activation"])
     (path / "config.json").write_text(json.dumps(conf, indent=1))
     return path
 
