@@ -1,10 +1,13 @@
-"""The provider registry: which provider a plan's calls of one workload use.
+"""The provider registry: which providers a plan's calls of one workload try, in order.
 
 Providers are asked in preference order (FlashAttention-3 where it is installed and covers
 the workload, then anyattn's Triton kernels, which cover every call on every device and the
-CPU interpreter). ``ANYATTN_KERNELS=auto|triton|fa3`` forces the choice (a forced provider
-still falls back to Triton where it does not cover a call). The ``auto`` policy comes from the
-H200 measurements in the README (see each provider's ``slower``).
+CPU interpreter). A plan keeps, per workload, the providers that cover it (:func:`select`);
+each call then runs on the first of them whose ``uncovered_call`` is None
+(:meth:`anyattn.core.plan.schedule.Schedule.provider_for`).
+``ANYATTN_KERNELS=auto|triton|fa3`` forces one provider (a forced provider still falls
+back to Triton where it does not cover a call). The ``auto`` policy comes from the H200
+measurements in the README (see each provider's ``slower``).
 """
 from __future__ import annotations
 
@@ -29,11 +32,11 @@ def requested() -> str:
     return choice
 
 
-def select(w: Workload, plan: AttnPlan) -> tuple[Provider, str]:
-    """The provider for ``plan``'s calls of workload ``w``, and why."""
+def select(w: Workload, plan: AttnPlan) -> tuple[tuple[Provider, ...], str]:
+    """The providers ``plan``'s calls of workload ``w`` try, in order (the last, Triton,
+    covers every call), and why each other provider is in or out."""
     choice = requested()
-    fallback = PROVIDERS[-1]
-    reasons = []
+    chosen, notes = [], []
     for provider in PROVIDERS[:-1]:
         if choice not in ("auto", provider.name):
             continue
@@ -41,9 +44,10 @@ def select(w: Workload, plan: AttnPlan) -> tuple[Provider, str]:
         if why is None and choice == "auto":
             why = provider.slower(w, plan)
         if why is None:
-            return provider, f"ANYATTN_KERNELS={choice}" if choice != "auto" else "covers it"
-        reasons.append(f"{provider.name}: {why}")
-    return fallback, "; ".join(reasons) or f"ANYATTN_KERNELS={choice}"
+            chosen.append(provider)
+            why = "covers it" if choice == "auto" else f"ANYATTN_KERNELS={choice}"
+        notes.append(f"{provider.name}: {why}")
+    return (*chosen, PROVIDERS[-1]), "; ".join(notes) or f"ANYATTN_KERNELS={choice}"
 
 
 def describe(device) -> str:
