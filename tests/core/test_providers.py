@@ -16,7 +16,7 @@ import torch
 from anyattn import core
 from anyattn.core import build_plan, providers
 from anyattn.core.plan import plan as plan_module
-from anyattn.core.providers import TRITON, fa3
+from anyattn.core.providers import TRITON, fa3, fa4
 from anyattn.core.semantics.params import AttnParams
 from anyattn.core.semantics.reference import reference_attention
 from anyattn.core.semantics.spans import span_table
@@ -87,6 +87,7 @@ def fake_fa3(monkeypatch, request):
     src = fa3.Source(f"fake {request.param}", needs_hopper=False,
                      **{request.param: getattr(fake, request.param)})
     monkeypatch.setattr(fa3, "source", lambda: src)
+    monkeypatch.setattr(fa4, "source", lambda: None)  # FA4's routing: test_fa4_provider.py
     monkeypatch.delenv("ANYATTN_KERNELS", raising=False)
     return fake
 
@@ -121,6 +122,7 @@ P = AttnParams(softmax_scale=D ** -0.5)
 
 def test_no_fa3_installed_means_triton(monkeypatch, kernel_calls):
     monkeypatch.setattr(fa3, "source", lambda: None)
+    monkeypatch.setattr(fa4, "source", lambda: None)
     monkeypatch.delenv("ANYATTN_KERNELS", raising=False)
     b = _batch([40], [60])
     _close(_run(b, P), reference_attention(b.q, b.k_cache, b.v_cache, b.plan, P)[0])
