@@ -315,7 +315,8 @@ def _fp8(b):
 
 
 @pytest.mark.parametrize("case", ["mask", "bias", "fp8-kv", "chunked", "fp16-slopes",
-                                  "fp32-sinks", "strided-q", "empty-cache-sinks"])
+                                  "fp32-sinks", "strided-q", "unaligned-out",
+                                  "empty-cache-sinks"])
 def test_uncovered_calls_fall_back_to_triton(fake_fa4, kernel_calls, case):
     b = _batch([20, 3], [40, 3], seed=10)
     q, k, v, params = b.q, b.k_cache, b.v_cache, P
@@ -336,6 +337,8 @@ def test_uncovered_calls_fall_back_to_triton(fake_fa4, kernel_calls, case):
         kw["sinks"] = torch.randn(HQ, device=DEV)
     elif case == "strided-q":
         q = torch.cat([q, q], dim=-1)[..., ::2]
+    elif case == "unaligned-out":  # 2 bytes past a 16-byte boundary
+        kw["out"] = torch.empty(q.numel() + 1, dtype=q.dtype, device=DEV)[1:].view(q.shape)
     elif case == "empty-cache-sinks":  # cross attention over no keys at all
         b = _batch([4], [0], seed=10)
         q, k, v = b.q, b.k_cache[:0], b.v_cache[:0]
