@@ -30,7 +30,8 @@ Routed here (what FA3 leaves to Triton, exactly as anyattn defines it):
 
 Not routed (left to Triton): masks and bias (a ``mask_mod``/``score_mod`` over aux tensors could
 read the key-side layouts, not written yet), chunked-local (expressible as a ``mask_mod``, not
-written yet), FP8 KV (FA4 wants q in the cache's FP8 dtype, anyattn keeps q in fp16/bf16),
+written yet), FP8 KV (FA4 takes FP8 only with q in the same FP8 dtype, and on SM100 only;
+anyattn keeps q in fp16/bf16),
 ALiBi slopes that are not float32 (vLLM 0.26's copy does not key its compile cache on an aux
 tensor's dtype), sinks of a dtype the source refuses (vLLM 0.26's copy: bf16 only;
 flash-attn-4: fp16/bf16/fp32), tensors FA4 would copy first (a strided last dim, or a start
@@ -68,7 +69,9 @@ if TYPE_CHECKING:
     from ..plan.schedule import Schedule
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
-MAX_HEAD_DIM = {9: 256, 10: 128, 11: 128}  # by compute capability major (FA4's _validate_head_dims)
+# Largest head dim routed here, by compute capability major (FA4's _validate_head_dims; on
+# Blackwell its hd256 kernel takes no seqused_k, soft-cap or sinks).
+MAX_HEAD_DIM_BY_ARCH = {9: 256, 10: 128, 11: 128}
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,7 @@ def unavailable(device: torch.device) -> str | None:
     if src.needs_gpu:
         if device.type != "cuda":
             return f"needs a CUDA device, got {device}"
-        if _major(device) not in MAX_HEAD_DIM:
+        if _major(device) not in MAX_HEAD_DIM_BY_ARCH:
             return "needs compute capability 9.x, 10.x or 11.x (Hopper, Blackwell)"
     return None
 
@@ -170,7 +173,7 @@ class FA4Provider(Provider):
             return f"dtype {w.dtype} (fp16/bf16 only)"
         if w.kv_dtype != w.dtype:
             return f"KV cache dtype {w.kv_dtype} differs from q's {w.dtype}"
-        top = MAX_HEAD_DIM.get(_major(w.device), 0)
+        top = MAX_HEAD_DIM_BY_ARCH.get(_major(w.device), 0)
         if w.head_dim % 8 or not 8 <= w.head_dim <= top or w.head_dim_v != w.head_dim:
             return f"head dims {w.head_dim}/{w.head_dim_v} (multiples of 8 up to {top}, Dv == D)"
         return None
