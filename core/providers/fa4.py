@@ -176,6 +176,8 @@ class FA4Provider(Provider):
         top = MAX_HEAD_DIM_BY_ARCH.get(_major(w.device), 0)
         if w.head_dim % 8 or not 8 <= w.head_dim <= top or w.head_dim_v != w.head_dim:
             return f"head dims {w.head_dim}/{w.head_dim_v} (multiples of 8 up to {top}, Dv == D)"
+        # Any page size (a page of one key tile loads by TMA, others key by key: paged_kv.py)
+        # and contiguous keys (cu_seqlens_k, with seqused_k) both run.
         return None
 
     def slower(self, w: Workload, plan: AttnPlan) -> str | None:
