@@ -257,6 +257,15 @@ def test_bidirectional_spans_without_window_need_no_mask(fake_fa4, kernel_calls)
     assert fake_fa4.calls == [(None, None)] and not fake_fa4.built and not kernel_calls
 
 
+@pytest.mark.parametrize("spans", [False, True])
+def test_cross_attention_rows_without_keys(fake_fa4, spans):
+    """Output 0 and LSE -inf for the rows of a sequence with no keys."""
+    params = AttnParams(softmax_scale=D ** -0.5, causal=False, window_left=8 if spans else -1)
+    b = _batch([30, 20], [0, 25], seed=17, spans=[[], [(3, 20)]] if spans else None)
+    _check(b, params, **({} if spans else dict(alibi_slopes=_slopes())))
+    assert len(fake_fa4.calls) == 1
+
+
 def test_sinks_and_out_with_spans(fake_fa4):
     b = _batch(Q_LENS, K_LENS, dtype=torch.bfloat16, seed=6, spans=SPANS)
     sinks = torch.randn(HQ, device=DEV).bfloat16()

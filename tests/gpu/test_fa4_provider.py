@@ -115,6 +115,26 @@ def test_fa4_matches_reference(monkeypatch, fa4_calls, seed):
     torch.testing.assert_close(lse[finite], ref_lse[finite], atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("spans", [False, True])
+def test_empty_rows_get_lse_minus_inf(monkeypatch, fa4_calls, spans):
+    """Cross-attention rows of a sequence with no keys (FA4 then divides aux indices by a zero
+    length): output 0, LSE -inf, and the other sequence unharmed."""
+    monkeypatch.setenv("ANYATTN_KERNELS", "fa4")
+    params = AttnParams(softmax_scale=128 ** -0.5, causal=False, window_left=8 if spans else -1)
+    b = paged_batch([30, 20], [0, 25], hq=16, hk=4, d=128, page_size=16, dtype=torch.bfloat16,
+                    device="cuda", seed=2, poison=1e4)
+    if spans:
+        table, counts = span_table([[], [(3, 20)]], "cuda", k_lens=[0, 25])
+        b.plan = dataclasses.replace(b.plan, spans=table, span_counts=counts)
+    kw = {} if spans else dict(alibi_slopes=slopes(16))
+    got, lse = core.attention(b.q, b.k_cache, b.v_cache, b.plan, params, return_lse=True, **kw)
+    ref, ref_lse = reference_attention(b.q, b.k_cache, b.v_cache, b.plan, params, **kw)
+    assert fa4_calls and bool((ref_lse == -math.inf).any())
+    assert torch.equal(lse == -math.inf, ref_lse == -math.inf)
+    assert not got[:30].any(), "rows with no keys must be 0"
+    torch.testing.assert_close(got.float(), ref.float(), atol=3e-2, rtol=3e-2)
+
+
 @pytest.mark.parametrize("span_rows", [False, True], ids=["whole-spans", "seqused_k"])
 def test_fa4_contiguous_keys(monkeypatch, fa4_calls, span_rows):
     monkeypatch.setenv("ANYATTN_KERNELS", "fa4")
