@@ -22,7 +22,8 @@ from anyattn.core.providers import Call, fa4
 
 B, TOTAL_Q, MAX_Q, MAX_K, PAGES = 4, 1024, 512, 1024, 512
 
-CASES = {  # name -> (params, ALiBi, spans per sequence, sinks, head dim, page size, GQA group, paged)
+# name -> (params, ALiBi, spans per sequence, sinks, head dim, page size, GQA group, paged)
+CASES = {
     "plain": (AttnParams(softmax_scale=0.1), False, 0, False, 128, 16, 4, True),
     "alibi": (AttnParams(softmax_scale=0.1), True, 0, False, 128, 16, 4, True),
     "alibi bidirectional softcap": (AttnParams(softmax_scale=0.1, causal=False, softcap=30.0),

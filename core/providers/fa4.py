@@ -34,8 +34,8 @@ written yet), FP8 KV (FA4 takes FP8 only with q in the same FP8 dtype, and on SM
 anyattn keeps q in fp16/bf16),
 ALiBi slopes that are not float32 (vLLM 0.26's copy does not key its compile cache on an aux
 tensor's dtype), sinks of a dtype the source refuses (vLLM 0.26's copy: bf16 only;
-flash-attn-4: fp16/bf16/fp32), tensors FA4 would copy first (a strided last dim, or a start
-or stride not 16-byte aligned: for the caches, a copy of the whole cache), ``Dv != D``,
+flash-attn-4: fp16/bf16/fp32), tensors FA4 would copy first (a strided last dim, or strides
+not 16-byte aligned: for the caches, a copy of the whole cache), ``Dv != D``,
 deterministic plans (FA4's tile schedule depends on the batch), head dims above 256 on Hopper
 or above 128 on Blackwell (its hd256 kernel takes no ``seqused_k``, soft-cap or sinks).
 
@@ -153,11 +153,13 @@ def unavailable(device: torch.device) -> str | None:
 
 
 def _aligned(t: torch.Tensor) -> bool:
-    """Whether FA4 takes ``t`` as it is: a contiguous last dim and a 16-byte aligned start and
-    strides. Otherwise flash-attn-4 copies it first (``maybe_contiguous``; for k and v, the
-    whole cache) or refuses it (``out``), and vLLM's copy copies a strided last dim."""
-    return (t.stride(-1) == 1 and t.data_ptr() % 16 == 0
-            and all(s * t.element_size() % 16 == 0 for s in t.stride()[:-1]))
+    """Whether FA4 takes ``t`` as it is: a contiguous last dim and 16-byte aligned strides.
+    Otherwise flash-attn-4 copies it first (``maybe_contiguous``; for k and v, the whole
+    cache) or refuses it (``out``), and vLLM's copy copies a strided last dim. The start
+    address is not checked: ``core/run.py`` keeps a call's route per tensor signature
+    (shapes, strides, dtypes), which holds no address; torch's allocations, and the views at
+    whole-row offsets the engines pass, start 16-byte aligned."""
+    return t.stride(-1) == 1 and all(s * t.element_size() % 16 == 0 for s in t.stride()[:-1])
 
 
 class FA4Provider(Provider):
@@ -207,7 +209,7 @@ class FA4Provider(Provider):
         out = call.out
         if not (_aligned(call.q) and _aligned(call.k_cache) and _aligned(call.v_cache)
                 and (out is None or _aligned(out))):
-            return "a tensor FA4 would copy (last dim not contiguous, or not 16-byte aligned)"
+            return "a tensor FA4 would copy (strided last dim, or strides not 16-byte aligned)"
         return None
 
     def run(self, call: Call, schedule: Schedule) -> tuple[torch.Tensor, torch.Tensor | None]:

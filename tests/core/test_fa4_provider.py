@@ -57,7 +57,8 @@ def _twin_mask_mod(spec: fa4.SpanMask):
         table, counts = aux_tensors[0].cpu(), aux_tensors[1].cpu()
         for i in range(spec.max_spans):
             start, end = (int(x) for x in table[b, i])
-            inside = (i < int(counts[b])) & (p >= start) & (p < end) & (kv_idx >= start) & (kv_idx < end)
+            inside = ((i < int(counts[b])) & (p >= start) & (p < end)
+                      & (kv_idx >= start) & (kv_idx < end))
             if spec.in_window:
                 inside = inside & (behind <= spec.lo)
             keep = keep | inside
@@ -87,7 +88,7 @@ class FakeFA4:
                 num_splits, score_mod, mask_mod, aux_tensors, return_lse, out,
                 page_table=None, cu_seqlens_k=None, seqused_k=None):
         assert num_splits == 1 and (page_table is None) != (cu_seqlens_k is None)
-        assert score_mod is None or not softcap, "FA4: softcap and score_mod cannot be used together"
+        assert score_mod is None or not softcap, "FA4: softcap and score_mod are exclusive"
         assert mask_mod is None or not (causal or window_size_left is not None
                                         or window_size_right is not None), \
             "FA4 ignores causal/window under a mask_mod"
@@ -137,7 +138,8 @@ class FakeFA4:
                 ok &= mask_mod(b, h, qi, ki, info, aux_tensors)
             s = s.masked_fill(~ok, -math.inf)
             if learnable_sink is not None:
-                s = torch.cat([s, learnable_sink.double()[:, None, None].expand(-1, q1 - q0, 1)], -1)
+                sink = learnable_sink.double()[:, None, None].expand(-1, q1 - q0, 1)
+                s = torch.cat([s, sink], -1)
                 vb = torch.cat([vb, vb.new_zeros(1, hq, dv)])
             row_lse = torch.logsumexp(s, -1)  # -inf where nothing is visible
             w = torch.exp(s - row_lse[..., None]).nan_to_num(0.0)
@@ -346,8 +348,8 @@ def test_uncovered_calls_fall_back_to_triton(fake_fa4, kernel_calls, case):
         kw["sinks"] = torch.randn(HQ, device=DEV)
     elif case == "strided-q":
         q = torch.cat([q, q], dim=-1)[..., ::2]
-    elif case == "unaligned-out":  # 2 bytes past a 16-byte boundary
-        kw["out"] = torch.empty(q.numel() + 1, dtype=q.dtype, device=DEV)[1:].view(q.shape)
+    elif case == "unaligned-out":  # rows of D + 1 halves: strides off the 16-byte grid
+        kw["out"] = torch.empty(q.shape[0], HQ, D + 1, dtype=q.dtype, device=DEV)[..., :D]
     elif case == "empty-cache-sinks":  # cross attention over no keys at all
         b = _batch([4], [0], seed=10)
         q, k, v = b.q, b.k_cache[:0], b.v_cache[:0]

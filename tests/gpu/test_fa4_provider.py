@@ -63,7 +63,8 @@ def fa4_case(seed: int) -> dict:
     MQA, head dims 64/128 (and 256 on Hopper), page sizes 1/16/64 in random order, ALiBi
     (causal or not), spans (alone, with a window, inside it), soft-cap, sinks."""
     rng = random.Random(seed)
-    feature = ["alibi", "alibi", "spans", "spans+window", "spans-in-window", "alibi+spans"][seed % 6]
+    features = ["alibi", "alibi", "spans", "spans+window", "spans-in-window", "alibi+spans"]
+    feature = features[seed % len(features)]
     causal = feature != "spans+window" and (feature != "alibi" or rng.random() < 0.6)
     k_lens, q_lens = [], []
     for _ in range(rng.randint(1, 5)):
@@ -198,8 +199,9 @@ def test_auto_choice_replays_bitwise_in_graphs(monkeypatch, fa4_calls, feature):
         cu_q = torch.arange(bs + 1, dtype=torch.int32, device="cuda") * q_len
         q = torch.randn(bs * q_len, HQ, D, generator=gen, device="cuda").bfloat16()
         lens = k_lens.tolist()  # the test's own host copy (outside the captured region)
-        spans = span_table([[(n - q_len + 5, n - q_len + 5 + rng.randint(1, 40))][:rng.randint(0, 1)]
-                            for n in lens], "cuda", capacity=SPANS)
+        first = [n - q_len + 5 for n in lens]  # a span from the chunk's 6th query, or none
+        spans = span_table([[(s, s + rng.randint(1, 40))][:rng.randint(0, 1)] for s in first],
+                           "cuda", capacity=SPANS)
         return bufs.update(bs, cu_seqlens_q=cu_q, seqused_k=k_lens, page_table=table,
                            spans=spans), q
 
