@@ -41,9 +41,10 @@ ANYATTN_IMPLS = {"auto": "anyattn auto (paged)", "triton": "anyattn triton (page
 def anyattn_call(choice: str, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                  q_lens: list[int], k_lens: list[int], table: torch.Tensor, params, out,
                  call_kw: dict | None = None, **plan_kw):
-    """``(run, provider)``: anyattn on its own plan with ``ANYATTN_KERNELS=choice``; the plan
-    picks its kernels on the first call, made here. ``call_kw`` go to every
-    ``core.attention`` call (``alibi_slopes``), ``plan_kw`` to ``build_plan`` (``spans``)."""
+    """``(run, provider, plan)``: anyattn on its own plan with ``ANYATTN_KERNELS=choice``; the
+    plan picks its kernels on the first call, made here, which also tells the provider that
+    ran it. ``call_kw`` go to every ``core.attention`` call (``alibi_slopes``), ``plan_kw`` to
+    ``build_plan`` (``spans``)."""
     from anyattn import core
 
     previous = os.environ.get("ANYATTN_KERNELS")
@@ -52,14 +53,34 @@ def anyattn_call(choice: str, q: torch.Tensor, k_cache: torch.Tensor, v_cache: t
         plan = plan_for(q_lens, k_lens, table, k_cache.shape[2], k_cache.shape[1], **plan_kw)
         run = lambda: core.attention(q, k_cache, v_cache, plan, params, out=out,  # noqa: E731
                                     **(call_kw or {}))
-        run()
+        provider = provider_that_runs(run)
     finally:
         if previous is None:
             del os.environ["ANYATTN_KERNELS"]
         else:
             os.environ["ANYATTN_KERNELS"] = previous
-    (sched,) = plan.schedules.values()
-    return run, sched.provider.name, plan
+    return run, provider, plan
+
+
+def provider_that_runs(run) -> str:
+    """Call ``run`` (one anyattn call) once and name the provider that computed it: a plan's
+    schedule holds a chain of providers, and the call's features pick one of them."""
+    from anyattn.core.providers import PROVIDERS
+
+    ran: list[str] = []
+
+    def recording(provider):
+        return lambda call, sched: ran.append(provider.name) or type(provider).run(
+            provider, call, sched)
+
+    for provider in PROVIDERS:
+        provider.run = recording(provider)  # an instance attribute shadows the method
+    try:
+        run()
+    finally:
+        for provider in PROVIDERS:
+            del provider.run
+    return ran[-1]
 
 
 def middle_span(batch: int, seq: int, span: int) -> tuple[dict, dict]:

@@ -1,12 +1,14 @@
 """Peer kernels: from an installed vLLM (on the lent GPU, the carried vLLM 0.26 site), else
 vLLM's Triton kernel fetched into .peers/ by bench/fetch_peers.sh (never committed).
 
-Both read our paged cache as is (``[pages, page, Hk, D]`` with an int32 page table), so they
+All read our paged cache as is (``[pages, page, Hk, D]`` with an int32 page table), so they
 run on the same tensors as anyattn. vLLM's Triton unified attention is called the way vLLM's
 Triton backend (``vllm/v1/attention/backends/triton_attn.py``) calls it, split-KV ("3D")
 scratch included; FlashAttention-3 (``vllm.vllm_flash_attn``, ``fa_version=3``) the way
 vLLM's FLASH_ATTN backend calls it, with the ahead-of-time scheduler metadata it computes
-once per step.
+once per step; FlashAttention-4 (whichever install ``anyattn.core.providers.fa4.source``
+finds) through the same entry point and modifiers as anyattn's FA4 provider, without anyattn's
+plan and checks around it.
 """
 from __future__ import annotations
 
@@ -123,4 +125,51 @@ def fa3_call(fa, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                                   seqused_k=seqused_k, block_table=table, softmax_scale=scale,
                                   causal=True, window_size=(window_left, 0), out=out,
                                   scheduler_metadata=meta, fa_version=3)
+    return run
+
+
+FA4 = "fa4 (paged)"
+
+
+def fa4_or_skip(bench: str):
+    """The installed FA4 (``anyattn.core.providers.fa4.Source``), or None after printing one
+    JSON line saying why it is skipped."""
+    from anyattn.core.providers import fa4
+
+    why = fa4.unavailable(torch.device("cuda"))
+    if why is None:
+        return fa4.source()
+    print(json.dumps({"bench": bench, "impl": FA4, "skipped": why}), flush=True)
+    return None
+
+
+def fa4_call(src, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+             table: torch.Tensor, q_lens: list[int], k_lens: list[int], scale: float,
+             out: torch.Tensor, *, spans: tuple[torch.Tensor, torch.Tensor] | None = None,
+             alibi_slopes: torch.Tensor | None = None) -> Callable[[], None]:
+    """A no-argument causal FA4 call writing ``out``: plain, with the plan's ``spans``
+    (``span_table``'s pair) through anyattn's spans ``mask_mod``, or with ALiBi through its
+    ``score_mod``; one compile per variant, made here."""
+    from anyattn.core.providers.fa4 import AlibiScore, SpanMask
+
+    dev = q.device
+    cu_q = torch.zeros(len(q_lens) + 1, dtype=torch.int32, device=dev)
+    cu_q[1:] = torch.tensor(q_lens, device=dev).cumsum(0)
+    seqused_k = torch.tensor(k_lens, dtype=torch.int32, device=dev)
+    aux, causal, mask_mod, score_mod = [], True, None, None
+    if spans is not None:  # the mask_mod carries causality: FA4 drops its own flag under one
+        aux += list(spans)
+        causal, mask_mod = False, src.mask_mod(SpanMask(0, None, False, spans[0].shape[1]))
+    if alibi_slopes is not None:
+        aux.append(alibi_slopes.float())
+        score_mod = src.score_mod(AlibiScore(0.0, slopes_at=len(aux) - 1))
+
+    def run() -> None:
+        src.forward(q, k_cache, v_cache, cu_seqlens_q=cu_q, max_seqlen_q=max(q_lens),
+                    max_seqlen_k=max(k_lens), page_table=table, seqused_k=seqused_k,
+                    softmax_scale=scale, causal=causal, window_size_left=None,
+                    window_size_right=None, softcap=0.0, learnable_sink=None, num_splits=1,
+                    score_mod=score_mod, mask_mod=mask_mod, aux_tensors=aux or None,
+                    return_lse=False, out=out)
+    run()
     return run

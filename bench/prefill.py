@@ -1,9 +1,12 @@
 """Causal prefill throughput (TFLOP/s): anyattn on a paged cache vs peers, one run.
 
 GQA 32/8, head dim 128, bf16, page 16 with pages in random order. anyattn twice: ``auto``
-(the provider its plan picks: FA3 where installed) and ``triton`` (its own kernels). Peers on
-the same paged cache: FlashAttention-3 (vLLM's ``vllm_flash_attn``) and vLLM's Triton unified
-attention; on dense contiguous tensors: cuDNN SDPA, torch flash (FA2), FlexAttention.
+(the provider its plan picks: FA3 where installed; the ``provider`` field names the one that
+ran) and ``triton`` (its own kernels). Peers on the same paged cache: FlashAttention-3 (vLLM's
+``vllm_flash_attn``), FlashAttention-4 (plain causal, as anyattn's FA4 provider calls it: the
+figure behind keeping FA3 ahead of it) and vLLM's Triton unified attention; on dense
+contiguous tensors: cuDNN SDPA, torch flash (FA2), FlexAttention. ALiBi and span rows, with
+FA4 as their peer: ``bench/spans_alibi.py``.
 Usage: python bench/prefill.py [--shapes 16x1024,4x4096] [--no-flex]
 """
 from __future__ import annotations
@@ -17,7 +20,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from anyattn.core.semantics.params import AttnParams
 
 from common import ANYATTN_IMPLS, anyattn_call, emit_timed, gather_dense, markdown, paged_cache
-from peers import FA3, VLLM_UNIFIED, fa3_call, fa3_or_skip, vllm_unified_call, vllm_unified_or_skip
+from peers import (FA3, FA4, VLLM_UNIFIED, fa3_call, fa3_or_skip, fa4_call, fa4_or_skip,
+                   vllm_unified_call, vllm_unified_or_skip)
 
 HQ, HK, D, PAGE = 32, 8, 128, 16
 
@@ -44,6 +48,7 @@ def main() -> None:
     rows: list[dict] = []
     vllm_kernel = vllm_unified_or_skip("prefill")
     fa = fa3_or_skip("prefill")
+    fa4 = fa4_or_skip("prefill")
     for shape in args.shapes.split(","):
         batch, seq = (int(x) for x in shape.split("x"))
         flops = 4 * batch * seq * seq * HQ * D / 2
@@ -60,6 +65,10 @@ def main() -> None:
             emit_timed(rows, lambda: fa3_call(fa, q, k_cache, v_cache, table, [seq] * batch,
                                               [seq] * batch, D ** -0.5, out),
                        "tflops", flops, **row, impl=FA3)
+        if fa4 is not None:
+            emit_timed(rows, lambda: fa4_call(fa4, q, k_cache, v_cache, table, [seq] * batch,
+                                              [seq] * batch, D ** -0.5, out),
+                       "tflops", flops, **row, impl=FA4)
         if vllm_kernel is not None:
             emit_timed(rows, lambda: vllm_unified_call(vllm_kernel, q, k_cache, v_cache, table,
                                                        [seq] * batch, [seq] * batch, D ** -0.5,

@@ -2,10 +2,13 @@
 
 Prefill 4x4K and 1x16K, GQA 32/8, d 128, bf16, page 16 in random order. Per request one
 image-sized span of 1,024 tokens in the middle of the prompt (``plan.spans``; vLLM's
-``mm_prefix_range``), or ALiBi with the ALiBi paper's slopes for 32 heads. Spans and ALiBi
-run anyattn's Triton kernel on every provider, so the unmasked baseline is that kernel too
-(``ANYATTN_KERNELS=triton``). vLLM's Triton unified attention (TRITON_ATTN's kernel) runs the
-same three calls on the same tensors when vLLM is importable (``bench/peers.py``).
+``mm_prefix_range``), or ALiBi with the ALiBi paper's slopes for 32 heads. anyattn runs twice:
+``triton`` (its own kernel for all three calls) and ``auto`` (the provider each call picks:
+FA4 for spans and ALiBi where it is installed, FA3 for the unmasked call; the ``provider``
+field names it). Peers on the same tensors (``bench/peers.py``): vLLM's Triton unified
+attention (TRITON_ATTN's kernel) when vLLM is importable, and FA4 called directly with the
+same ``mask_mod`` / ``score_mod`` anyattn's FA4 provider passes (its "none" row is plain causal
+FA4).
 Target (issue 15): spans and ALiBi cost <= 10% over unmasked on the same path.
 ``tflops`` counts the causal FLOPs of every call (a span adds span^2 / 2 visible pairs per
 request, 3% at 4K, about 0.2% at 16K); ``overhead_pct`` is against the same impl unmasked.
@@ -15,13 +18,12 @@ from __future__ import annotations
 import torch
 
 from anyattn.core.semantics.params import AttnParams
-from common import anyattn_call, emit_timed, markdown, middle_span, paged_cache
-from peers import VLLM_UNIFIED, vllm_unified_call, vllm_unified_or_skip
+from common import ANYATTN_IMPLS, anyattn_call, emit_timed, markdown, middle_span, paged_cache
+from peers import FA4, VLLM_UNIFIED, fa4_call, fa4_or_skip, vllm_unified_call, vllm_unified_or_skip
 
 HQ, HK, D, PAGE, SPAN = 32, 8, 128, 16, 1024
 SHAPES = ((4, 4096), (1, 16384))  # (batch, prompt length)
 DEVICE = "cuda"
-ANYATTN = "anyattn triton (paged)"
 
 
 def alibi_slopes() -> torch.Tensor:
@@ -29,7 +31,8 @@ def alibi_slopes() -> torch.Tensor:
 
 
 def variants(seq: int, batch: int) -> dict[str, tuple[dict, dict, dict]]:
-    """name -> (anyattn plan kwargs, anyattn call kwargs, vLLM kernel kwargs)."""
+    """name -> (anyattn plan kwargs, anyattn call kwargs, vLLM kernel kwargs); FA4 takes
+    anyattn's plan and call kwargs."""
     span_plan_kw, span_vllm_kw = middle_span(batch, seq, SPAN)
     slopes = alibi_slopes()
     return {"none": ({}, {}, {}),
@@ -40,6 +43,7 @@ def variants(seq: int, batch: int) -> dict[str, tuple[dict, dict, dict]]:
 def main() -> None:
     rows: list[dict] = []
     vllm_kernel = vllm_unified_or_skip("spans_alibi")
+    fa4 = fa4_or_skip("spans_alibi")
     params = AttnParams(softmax_scale=D ** -0.5)
     for batch, seq in SHAPES:
         lens = [seq] * batch
@@ -49,9 +53,14 @@ def main() -> None:
         out = torch.empty_like(q)
         base: dict[str, float] = {}  # impl -> its unmasked ms
         for name, (plan_kw, call_kw, vllm_kw) in variants(seq, batch).items():
-            run, provider, _ = anyattn_call("triton", q, k_cache, v_cache, lens, lens, table,
-                                            params, out, call_kw=call_kw, **plan_kw)
-            timed = [(ANYATTN, lambda: run, dict(provider=provider))]
+            timed = []
+            for choice, impl in ANYATTN_IMPLS.items():
+                run, provider, _ = anyattn_call(choice, q, k_cache, v_cache, lens, lens, table,
+                                                params, out, call_kw=call_kw, **plan_kw)
+                timed.append((impl, lambda run=run: run, dict(provider=provider)))
+            if fa4 is not None:
+                timed.append((FA4, lambda: fa4_call(fa4, q, k_cache, v_cache, table, lens, lens,
+                                                    D ** -0.5, out, **plan_kw, **call_kw), {}))
             if vllm_kernel is not None:
                 timed.append((VLLM_UNIFIED, lambda: vllm_unified_call(
                     vllm_kernel, q, k_cache, v_cache, table, lens, lens, D ** -0.5, out,

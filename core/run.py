@@ -4,7 +4,7 @@ CUDA tensors run the kernels of the plan's schedule (:mod:`core.plan.schedule`: 
 where it covers the call, anyattn's Triton kernels everywhere else). CPU tensors run the
 Triton kernels through the interpreter when ``TRITON_INTERPRET=1``, and the chunked PyTorch
 reference otherwise (``ANYATTN_IMPL=reference|triton`` overrides the choice between reference
-and kernels, ``ANYATTN_KERNELS=auto|triton|fa3`` the provider). A call derives nothing its
+and kernels, ``ANYATTN_KERNELS=auto|triton|fa3|fa4`` the provider). A call derives nothing its
 plan already holds: the schedule, the spans flag and the key-row starts come from the plan,
 and a call whose tensors' signature the plan has seen skips the host checks and the routing.
 """
@@ -18,7 +18,7 @@ from .inputs import check_call, check_values
 from .plan.plan import AttnPlan
 from .plan.schedule import Schedule
 from .plan.views import cache_view, expand_descale
-from .providers import TRITON, Call, Provider
+from .providers import Call, Provider
 from .providers.triton.kv_write import run_kv_write
 from .providers.triton.merge import run_merge_state
 from .semantics import checks, masks, reference
@@ -120,12 +120,9 @@ class _Known:
 
 def _route(call: Call) -> tuple[Provider, Schedule]:
     """The plan's schedule for the call's workload, and the provider that runs the call: the
-    schedule's, where it covers the call's per-layer features, else the Triton kernels."""
+    first of the schedule's providers that covers the call's per-layer features."""
     sched = call.plan.schedule_for(call.q, call.k_cache, call.v_cache)
-    provider = sched.provider
-    if provider is not TRITON and provider.uncovered_call(call) is not None:
-        provider = TRITON
-    return provider, sched
+    return sched.provider_for(call), sched
 
 
 def _empty_result(call: Call) -> tuple[torch.Tensor, torch.Tensor]:

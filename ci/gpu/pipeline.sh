@@ -29,9 +29,10 @@ stages=("$@")
 run_stage() {
   case $1 in
     env) nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-         python3 -c "import torch, triton, vllm; from anyattn.core.providers import fa3; \
+         python3 -c "import torch, triton, vllm; from anyattn.core.providers import fa3, fa4; \
 print('torch', torch.__version__, 'triton', triton.__version__, 'vllm', vllm.__version__, \
-'fa3', fa3.source(), fa3.unavailable(torch.device('cuda')))" ;;
+'fa3', fa3.source(), fa3.unavailable(torch.device('cuda')), \
+'fa4', fa4.source() and fa4.source().name, fa4.unavailable(torch.device('cuda')))" ;;
     serving) ANYATTN_SERVING_OUT="$R/serving" python3 -m pytest -q -rs tests/gpu/test_vllm_serving.py ;;
     tests) python3 -m pytest -q -rs -n 8 tests/core tests/gpu --deselect tests/gpu/test_vllm_serving.py ;;
     bench) OUT="$R/bench" bash bench/run_all.sh --no-flex ;;

@@ -1,5 +1,6 @@
-"""A plan's kernel schedule: the key splits (from static sizes), and per workload the provider
-and the Triton launch that also serves every call the provider does not cover.
+"""A plan's kernel schedule: the key splits (from static sizes), and per workload the providers
+a call tries in order, ending with the Triton launch that serves every call the others do not
+cover.
 
 Chosen once per (plan, :class:`~anyattn.core.providers.Workload`) from static facts only
 (device, dtypes, head dims, ``max_seqlen_q``, batch), so an eager step and a CUDA-graph
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..providers import TRITON, Provider, Workload, select
+from ..providers import TRITON, Call, Provider, Workload, select
 
 if TYPE_CHECKING:
     from .plan import AttnPlan
@@ -28,22 +29,36 @@ MAX_SPLITS = 64
 
 @dataclass(frozen=True, eq=False)
 class Schedule:
-    """What a plan's calls of one workload launch: ``provider`` where it covers the call,
-    else the Triton launch (``tile``, ``num_splits``). ``reason`` says why (logged once);
-    ``memo`` holds what the providers prepare once per schedule (bound launches, workspace)."""
+    """What a plan's calls of one workload launch: the first of ``providers`` that covers the
+    call (the registry's order; the last is Triton, with ``tile`` and ``num_splits``, which
+    covers every call). ``reason`` says why each provider is in or out (logged once); ``memo``
+    holds what the providers prepare once per schedule (bound launches, workspace, compiled
+    variants)."""
 
-    provider: Provider
+    providers: tuple[Provider, ...]
     reason: str
     tile: dict
     num_splits: int
     memo: dict = field(default_factory=dict, repr=False)
 
+    def provider_for(self, call: Call) -> Provider:
+        """The provider that runs ``call``: the first whose ``uncovered_call`` is None.
+
+        Host attributes only, so graph-safe; ``core/run.py`` keeps the answer per call
+        signature, so a layer kind's later calls skip it.
+        """
+        for provider in self.providers[:-1]:
+            if provider.uncovered_call(call) is None:
+                return provider
+        return self.providers[-1]
+
 
 def make_schedule(plan: AttnPlan, w: Workload) -> Schedule:
-    provider, reason = select(w, plan)
-    found = Schedule(provider, reason, TRITON.tile(w, plan), plan.num_splits)
+    providers, reason = select(w, plan)
+    found = Schedule(providers, reason, TRITON.tile(w, plan), plan.num_splits)
     logger.debug("anyattn plan (batch %d, max_seqlen_q %d, max_seqlen_k %d) %s: %s (%s)",
-                 plan.batch_size, plan.max_seqlen_q, plan.max_seqlen_k, w, provider.name, reason)
+                 plan.batch_size, plan.max_seqlen_q, plan.max_seqlen_k, w,
+                 " > ".join(p.name for p in providers), reason)
     return found
 
 

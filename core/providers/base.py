@@ -3,9 +3,9 @@
 A provider is one source of attention kernels (anyattn's Triton kernels, FlashAttention-3 from
 an engine's install, ...). The registry (:mod:`core.providers.registry`) asks each, once per
 (plan, :class:`Workload`), whether it can run there and cover the workload; the plan's
-schedule keeps the answer. Per call, the chosen provider says whether it covers the call's
-per-layer features (:class:`Call`, host attributes only: graph-safe); where it does not, the
-Triton kernels run the call.
+schedule keeps the providers that do, in preference order, Triton last. Per call, each of them
+in turn says whether it covers the call's per-layer features (:class:`Call`, host attributes
+only: graph-safe); the first that does runs the call, and Triton covers every call.
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ import torch
 from anyattn import core
 from anyattn.core import build_plan, providers
 from anyattn.core.plan import plan as plan_module
-from anyattn.core.providers import fa3
+from anyattn.core.providers import TRITON, fa3, fa4
 from anyattn.core.semantics.params import AttnParams
 from anyattn.core.semantics.reference import reference_attention
 from anyattn.core.semantics.spans import span_table
@@ -87,6 +87,7 @@ def fake_fa3(monkeypatch, request):
     src = fa3.Source(f"fake {request.param}", needs_hopper=False,
                      **{request.param: getattr(fake, request.param)})
     monkeypatch.setattr(fa3, "source", lambda: src)
+    monkeypatch.setattr(fa4, "source", lambda: None)  # FA4's routing: test_fa4_provider.py
     monkeypatch.delenv("ANYATTN_KERNELS", raising=False)
     return fake
 
@@ -121,11 +122,12 @@ P = AttnParams(softmax_scale=D ** -0.5)
 
 def test_no_fa3_installed_means_triton(monkeypatch, kernel_calls):
     monkeypatch.setattr(fa3, "source", lambda: None)
+    monkeypatch.setattr(fa4, "source", lambda: None)
     monkeypatch.delenv("ANYATTN_KERNELS", raising=False)
     b = _batch([40], [60])
     _close(_run(b, P), reference_attention(b.q, b.k_cache, b.v_cache, b.plan, P)[0])
     (sched,) = b.plan.schedules.values()
-    assert sched.provider.name == "triton" and "not installed" in sched.reason
+    assert sched.providers == (TRITON,) and "not installed" in sched.reason
     assert kernel_calls
 
 
@@ -145,7 +147,7 @@ def test_prefill_goes_to_fa3_with_the_same_semantics(fake_fa3, kernel_calls, par
     _close(got, want, tol=2e-2)  # bf16 (the interpreter upcasts it; CUDA rounds)
     torch.testing.assert_close(lse, want_lse, atol=2e-2, rtol=2e-2)
     (sched,) = b.plan.schedules.values()
-    assert sched.provider.name == "fa3"
+    assert sched.providers[0] is fa3.FA3
 
 
 def test_empty_rows_get_lse_minus_inf_from_fa3(fake_fa3):
@@ -165,7 +167,7 @@ def test_decode_stays_on_triton(fake_fa3, kernel_calls):
     _close(_run(b, P), reference_attention(b.q, b.k_cache, b.v_cache, b.plan, P)[0])
     assert kernel_calls and not fake_fa3.calls
     (sched,) = b.plan.schedules.values()
-    assert sched.provider.name == "triton" and "split-KV" in sched.reason
+    assert sched.providers == (TRITON,) and "split-KV" in sched.reason
 
 
 @pytest.mark.parametrize("choice,q_len,provider", [("triton", 20, "triton"), ("fa3", 1, "fa3"),
@@ -174,7 +176,7 @@ def test_override_variable(fake_fa3, monkeypatch, choice, q_len, provider):
     monkeypatch.setenv("ANYATTN_KERNELS", choice)
     b = _batch([q_len], [40])
     _close(_run(b, P), reference_attention(b.q, b.k_cache, b.v_cache, b.plan, P)[0])
-    assert [s.provider.name for s in b.plan.schedules.values()] == [provider]
+    assert [s.providers[0].name for s in b.plan.schedules.values()] == [provider]
 
 
 def test_bad_override_is_refused(fake_fa3, monkeypatch):
@@ -294,7 +296,7 @@ def test_graph_plan_keeps_its_choice_across_steps(fake_fa3):
     bufs = GraphStorage(4, 8, max_seqlen_q=8, page_size=16, num_kv_heads=HK, device=DEV,
                             workload=w)
     first = bufs.plan(2)
-    assert first.schedules[w].provider.name == "fa3"  # 8 tokens x group 4 = 32 rows
+    assert first.schedules[w].providers[0] is fa3.FA3  # 8 tokens x group 4 = 32 rows
     b = _batch([8, 8], [40, 100], seed=9)
     for _ in range(2):
         plan = bufs.update(2, cu_seqlens_q=b.plan.cu_seqlens_q, seqused_k=b.plan.seqused_k,

@@ -132,7 +132,7 @@ def test_auto_choice_replays_bitwise_in_graphs(monkeypatch, q_len, provider):
         return bufs.update(bs, cu_seqlens_q=cu_q, seqused_k=k_lens, page_table=table), q
 
     plan, q = step()
-    assert plan.schedules[w].provider.name == provider
+    assert plan.schedules[w].providers[0].name == provider
     static_q, static_out = q.clone(), torch.empty_like(q)
     run = lambda: core.attention(static_q, k_cache, v_cache, plan, params, sinks=sinks,
                                 out=static_out)
