@@ -4,8 +4,8 @@ Prefill 4x4K and 1x16K, GQA 32/8, d 128, bf16, page 16 in random order. Per requ
 image-sized span of 1,024 tokens in the middle of the prompt (``plan.spans``; vLLM's
 ``mm_prefix_range``), or ALiBi with the ALiBi paper's slopes for 32 heads. anyattn runs twice:
 ``triton`` (its own kernel for all three calls) and ``auto`` (the provider each call picks:
-FA4 for spans and ALiBi where it is installed, FA3 for the unmasked call; the ``provider``
-field names it). Peers on the same tensors (``bench/peers.py``): vLLM's Triton unified
+FA3 for the unmasked call; FA4 for spans and ALiBi where it is installed, once
+``fa4.ROUTED_UNDER_AUTO`` is set; the ``provider`` field names it). Peers on the same tensors (``bench/peers.py``): vLLM's Triton unified
 attention (TRITON_ATTN's kernel) when vLLM is importable, and FA4 called directly with the
 same ``mask_mod`` / ``score_mod`` anyattn's FA4 provider passes (its "none" row is plain causal
 FA4).

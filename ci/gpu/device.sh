@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Device-side steps of a GPU session on the lent H200 (the README's GPU section says how the sites are built):
 #   bash ci/gpu/device.sh stash FILE...      copy carried site pieces to /tmp/stash
+#   bash ci/gpu/device.sh stash_fa4 FILE...  the FlashAttention-4 site's pieces (.whl/fa4) to
+#                                            /tmp/fa4stash (its names clash with vLLM's)
 #   bash ci/gpu/device.sh start [STAGE ...]  install the site + anyattn, start pipeline.sh detached
 #                                            (SITE=sglang: the SGLang 0.5.17 site of .whl/sglang0517)
 #   bash ci/gpu/device.sh rerun STAGE ...    start pipeline.sh again on an installed machine
@@ -10,6 +12,7 @@ cd "$(dirname "$0")/../.."
 R=/tmp/anyattn-results
 case $1 in
   stash) shift; mkdir -p /tmp/stash && cp "$@" /tmp/stash/ && ls -l /tmp/stash ;;
+  stash_fa4) shift; mkdir -p /tmp/fa4stash && cp "$@" /tmp/fa4stash/ && ls -l /tmp/fa4stash ;;
   start) shift
     if [ "${SITE:-vllm}" = sglang ]; then
       bash .whl/sglang0517/install.sh /tmp/stash /tmp/ssite || exit 1
@@ -20,6 +23,9 @@ case $1 in
         > /tmp/ssite/deep_gemm/__init__.py
     else
       bash .whl/vllm026/install.sh /tmp/stash || exit 1
+    fi
+    if [ -d /tmp/fa4stash ] && [ ! -d /tmp/fa4site ]; then  # stage fa4's site
+      cat /tmp/fa4stash/site.tar.xz.part* | xz -dc | tar -C /tmp -xf - && mv /tmp/site /tmp/fa4site || exit 1
     fi
     python3 -m pip install -q --no-deps --no-build-isolation -e . || exit 1
     ;&

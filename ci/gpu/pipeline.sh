@@ -7,6 +7,9 @@
 #   bench   bench/run_all.sh (kernels: anyattn auto / triton vs FA3, vLLM Triton, cuDNN)
 #   speed   bench/overhead.py, a decode subset and prefill.py (host cost and speed, same peers)
 #   e2e     ci/gpu/throughput.py (Llama-3-8B-shaped, anyattn vs FLASH_ATTN vs TRITON_ATTN)
+#   fa4     with the FlashAttention-4 site (/tmp/fa4site, device.sh stash_fa4) alone on the path:
+#           tests/gpu/test_fa4_provider.py (FA4 vs the reference, CUDA graphs) and
+#           bench/spans_alibi.py (ALiBi and span prefill: anyattn auto / triton, FA4 direct)
 #   sglang_env, sglang_fa3, sglang_serving, sglang_server, sglang_e2e   with SITE=sglang (the
 #           SGLang 0.5.17 site): versions; tests/gpu/test_fa3_provider.py with sgl_kernel's FA3
 #           (no vLLM on the path); tests/gpu/test_sglang_serving.py (SGLang + anyattn vs fa3 /
@@ -39,6 +42,9 @@ print('torch', torch.__version__, 'triton', triton.__version__, 'vllm', vllm.__v
     speed) (cd bench && python3 overhead.py && python3 decode.py --graph \
               --shapes 1x4096,8x4096,64x4096,16x32768 && python3 prefill.py --no-flex) ;;
     e2e) python3 ci/gpu/throughput.py "$R/throughput.jsonl" ;;
+    fa4) (export PYTHONPATH=/tmp/fa4site:/tmp/fa4site/nvidia_cutlass_dsl/dsl_packages
+          python3 -m pytest -q -rs tests/gpu/test_fa4_provider.py tests/core/test_fa4_provider.py
+          cd bench && python3 spans_alibi.py) ;;
     e2e_full) python3 ci/gpu/throughput.py "$R/throughput.jsonl" --backends FLASH_ATTN:FULL ;;
     sglang_env) nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
          python3 -c "import torch, triton, sglang, sgl_kernel; from anyattn.core.providers import fa3; \
