@@ -11,10 +11,15 @@ GPU time alone); ``host_us`` is eager minus replay.
 Single-call prefill (16 x 1K): one call after a sync, the GPU otherwise idle (how an engine's
 eager prefill step issues each layer), anyattn ``auto`` and FA3 direct interleaved, the
 median of 30 alternating repeats: ``ratio`` is FA3's time over anyattn's.
-Usage: python bench/overhead.py
+``--profile``: instead, where the host time of an eager anyattn call goes (cProfile over
+2,000 decode and 2,000 q_len-64 calls, the top functions by own time, as text lines).
+Usage: python bench/overhead.py [--profile]
 """
 from __future__ import annotations
 
+import argparse
+import cProfile
+import pstats
 import statistics
 import time
 
@@ -100,7 +105,32 @@ def single_prefill(rows: list[dict], fa) -> None:
     emit(rows, bench="overhead", shape=shape, impl=FA3, us=theirs)
 
 
+def profile() -> None:
+    batch, seq = 8, 1024
+    k_cache, v_cache, table = paged_cache([seq] * batch, HK, D, PAGE)
+    params = AttnParams(softmax_scale=D ** -0.5)
+    for q_len in (1, 64):
+        q = torch.randn(batch * q_len, HQ, D, device="cuda", dtype=torch.bfloat16)
+        out = torch.empty_like(q)
+        run, provider, _ = anyattn_call("auto", q, k_cache, v_cache, [q_len] * batch,
+                                        [seq] * batch, table, params, out)
+        per_call_us(run)  # warm
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(2000):
+            run()
+        prof.disable()
+        torch.cuda.synchronize()
+        print(f"== anyattn auto ({provider}), 8x1024 q_len {q_len}: 2,000 eager calls")
+        pstats.Stats(prof).sort_stats("tottime").print_stats(16)
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--profile", action="store_true")
+    if ap.parse_args().profile:
+        profile()
+        return
     rows: list[dict] = []
     fa = fa3_or_skip("overhead")
     host_cost(rows, fa, vllm_unified_or_skip("overhead"))
