@@ -6,6 +6,7 @@
 #   tests   tests/core + tests/gpu on CUDA (bf16 sweep, FA3 provider, CUDA graphs)
 #   bench   bench/run_all.sh (kernels: anyattn auto / triton vs FA3, vLLM Triton, cuDNN)
 #   speed   bench/overhead.py, a decode subset and prefill.py (host cost and speed, same peers)
+#   profile bench/overhead.py --profile (where an eager call's host time goes, cProfile)
 #   e2e     ci/gpu/throughput.py (Llama-3-8B-shaped, anyattn vs FLASH_ATTN vs TRITON_ATTN)
 #   fa4     with the FlashAttention-4 site (/tmp/fa4site, device.sh stash_fa4) alone on the path:
 #           tests/gpu/test_fa4_provider.py (FA4 vs the reference, CUDA graphs) and
@@ -41,6 +42,7 @@ print('torch', torch.__version__, 'triton', triton.__version__, 'vllm', vllm.__v
     bench) OUT="$R/bench" bash bench/run_all.sh --no-flex ;;
     speed) (cd bench && python3 overhead.py && python3 decode.py --graph \
               --shapes 1x4096,8x4096,64x4096,16x32768 && python3 prefill.py --no-flex) ;;
+    profile) (cd bench && python3 overhead.py --profile) ;;
     e2e) python3 ci/gpu/throughput.py "$R/throughput.jsonl" ;;
     fa4) (export PYTHONPATH=/tmp/fa4site:/tmp/fa4site/nvidia_cutlass_dsl/dsl_packages
           python3 -m pytest -q -rs tests/gpu/test_fa4_provider.py tests/core/test_fa4_provider.py
