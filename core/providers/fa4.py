@@ -64,13 +64,12 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from .base import Call, Provider, Workload
-from .fa3 import TRITON_MAX_ROWS
+from .fa3 import few_rows_slower, half_workload_uncovered
 
 if TYPE_CHECKING:
     from ..plan.plan import AttnPlan
     from ..plan.schedule import Schedule
 
-HALF_DTYPES = (torch.float16, torch.bfloat16)
 # Largest head dim routed here, by compute capability major (FA4's _validate_head_dims; on
 # Blackwell its hd256 kernel takes no seqused_k, soft-cap or sinks).
 MAX_HEAD_DIM_BY_ARCH = {9: 256, 10: 128, 11: 128}
@@ -177,28 +176,15 @@ class FA4Provider(Provider):
         return unavailable(device)
 
     def uncovered(self, w: Workload, plan: AttnPlan) -> str | None:
-        if plan.deterministic:
-            return "deterministic plans keep anyattn's fixed split schedule"
-        if w.dtype not in HALF_DTYPES:
-            return f"dtype {w.dtype} (fp16/bf16 only)"
-        if w.kv_dtype != w.dtype:
-            return f"KV cache dtype {w.kv_dtype} differs from q's {w.dtype}"
-        top = MAX_HEAD_DIM_BY_ARCH.get(_major(w.device), 0)
-        if w.head_dim % 8 or not 8 <= w.head_dim <= top or w.head_dim_v != w.head_dim:
-            return f"head dims {w.head_dim}/{w.head_dim_v} (multiples of 8 up to {top}, Dv == D)"
         # Any page size (a page of one key tile loads by TMA, others key by key: paged_kv.py)
         # and contiguous keys (cu_seqlens_k, with seqused_k) both run.
-        return None
+        return half_workload_uncovered(w, plan, MAX_HEAD_DIM_BY_ARCH.get(_major(w.device), 0))
 
     def slower(self, w: Workload, plan: AttnPlan) -> str | None:
         if not ROUTED_UNDER_AUTO:
             return "not yet verified on a GPU (ANYATTN_KERNELS=fa4 opts in)"
-        # FA3's measured threshold, not measured for FA4 yet: decode and short verify stay on
-        # split-KV Triton (FA4 runs unsplit here).
-        rows = plan.max_seqlen_q * w.group
-        if rows <= TRITON_MAX_ROWS:
-            return f"{rows} query rows per sequence <= {TRITON_MAX_ROWS}: split-KV Triton is faster"
-        return None
+        # FA3's measured threshold, not measured for FA4 yet (FA4 runs unsplit here).
+        return few_rows_slower(w, plan)
 
     def uncovered_call(self, call: Call) -> str | None:
         if call.mask is not None or call.bias is not None:
