@@ -610,7 +610,7 @@ class _Prepared:
     counters, one per (query tile, sequence x kv head), zero between calls. Calls of one plan
     run in stream order (an engine's layers do); two streams must not share a plan."""
 
-    __slots__ = ("grid", "static", "constexprs", "options", "arrivals", "key")
+    __slots__ = ("grid", "static", "constexprs", "options", "fused", "arrivals", "key")
 
     def __init__(self, call: Call, tile: dict, variant: tuple, key_shared: MaskSpec | None,
                  key_heads: int, mask: MaskSpec | None, bias: MaskSpec | None) -> None:
@@ -620,8 +620,9 @@ class _Prepared:
         self.static = _static(plan, call.k_cache.shape[0])
         self.constexprs = _constexprs(call, tile, key_shared, key_heads, mask, bias)
         self.options = dict(num_warps=tile["num_warps"], num_stages=tile["num_stages"])
+        self.fused = self.constexprs["FUSED_MERGE"]
         self.arrivals = (torch.zeros(self.grid[0] * self.grid[1], dtype=torch.int32,
-                                     device=q.device) if _fused_merge(plan) else plan.seqused_k)
+                                     device=q.device) if self.fused else plan.seqused_k)
         self.key = LaunchKey(variant, tuple(self.constexprs.values()),
                              tuple(self.options.values()))
 
@@ -667,10 +668,8 @@ def run_attention(call: Call, tile: dict, memo: dict) -> tuple[torch.Tensor, tor
     prepared = memo.get(variant)
     if prepared is None:
         prepared = memo[variant] = _Prepared(call, tile, variant, key_shared, max(key_heads, 1), mask, bias)
-    fused = False
     if plan.num_splits > 1:
         o_part, l_part = _split_parts(call, memo)
-        fused = prepared.constexprs["FUSED_MERGE"]
         merged = (out, dummy if lse is None else lse, prepared.arrivals)
         merged_strides = (*out.stride(), *((0, 0) if lse is None else lse.stride()))
         l_strides = l_part.stride()
@@ -708,7 +707,7 @@ def run_attention(call: Call, tile: dict, memo: dict) -> tuple[torch.Tensor, tor
          params.window_left, params.window_right, max(params.chunk_size, 1)),
         (float(params.softmax_scale), float(params.softcap or 1.0)),  # floats: never specialized
         prepared.static, prepared.constexprs, prepared.options)
-    if plan.num_splits > 1 and not fused:
+    if plan.num_splits > 1 and not prepared.fused:
         merge_splits(o_part, l_part, out, lse)
     return out, lse
 

@@ -50,27 +50,9 @@ def _free_key(free: Sequence[int]) -> bool:
     return not free or (min(free) >= _I32[0] and max(free) <= _I32[1])
 
 
-class Static:
-    """Arguments fixed for a plan's calls (plan tensors, their strides, bounds), keyed once:
-    it hashes by a value computed at construction."""
-
-    __slots__ = ("args", "key", "_hash")
-
-    def __init__(self, args: Sequence[Any]) -> None:
-        self.args = tuple(args)
-        self.key = tuple((a.dtype, a.data_ptr() & 15 == 0) if isinstance(a, torch.Tensor)
-                         else a for a in self.args)
-        self._hash = hash(self.key)
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Static) and other.key == self.key
-
-
 class LaunchKey:
-    """A caller's launch key, hashed once: built when a variant is prepared, reused per call."""
+    """A launch key hashed once, when it is built (a prepared variant's, a plan's
+    :class:`Static`), not on every call that looks it up."""
 
     __slots__ = ("items", "_hash")
 
@@ -83,6 +65,17 @@ class LaunchKey:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, LaunchKey) and other.items == self.items
+
+
+class Static:
+    """Arguments fixed for a plan's calls (plan tensors, their strides, bounds), keyed once."""
+
+    __slots__ = ("args", "key")
+
+    def __init__(self, args: Sequence[Any]) -> None:
+        self.args = tuple(args)
+        self.key = LaunchKey(*((a.dtype, a.data_ptr() & 15 == 0) if isinstance(a, torch.Tensor)
+                               else a for a in self.args))
 
 
 class BoundKernel:
@@ -105,7 +98,7 @@ class BoundKernel:
         if key is None:
             key = (tuple(t.dtype for t in tensors), tuple(constexprs.values()),
                    tuple(options.values()))
-        full_key = (device, key, _alignment(tensors), ints, _free_key(free), static)
+        full_key = (device, key, _alignment(tensors), ints, _free_key(free), static.key)
         binary = self._binaries.get(full_key)
         if binary is None:
             self._binaries[full_key] = self.fn[grid](*args, **constexprs, **options)
