@@ -176,17 +176,6 @@ def fake_fa3(monkeypatch):
     return fake
 
 
-@pytest.fixture
-def kernel_calls(monkeypatch):
-    from anyattn.core.providers.triton import attention as kernels
-
-    calls = []
-    original = kernels.run_attention
-    monkeypatch.setattr(kernels, "run_attention",
-                        lambda *a, **kw: calls.append(1) or original(*a, **kw))
-    return calls
-
-
 def _batch(q_lens, k_lens, dtype=torch.float16, seed=0, spans=None, **kw):
     b = paged_batch(q_lens, k_lens, hq=HQ, hk=HK, d=D, page_size=16, dtype=dtype, seed=seed,
                     device=DEV, **kw)
