@@ -20,6 +20,7 @@ from anyattn.core.semantics.params import AttnParams
 from anyattn.core.semantics.reference import reference_attention
 
 from batches import paged_batch
+from provider_cases import assert_matches_reference, random_lengths
 
 if fa3.unavailable(torch.device("cuda")):
     pytest.skip(f"FA3: {fa3.unavailable(torch.device('cuda'))}", allow_module_level=True)
@@ -39,13 +40,7 @@ def fa3_case(seed: int) -> dict:
     """A random batch inside FA3's coverage: empty and 1-token sequences, GQA 1/4/8 and MQA,
     head dims 64/128/256, page sizes 1/16/64 in random order, window, soft-cap, sinks."""
     rng = random.Random(seed)
-    k_lens, q_lens = [], []
-    for _ in range(rng.randint(1, 5)):
-        k = rng.choice([0, 1, rng.randint(2, 200), rng.randint(200, 1500)])
-        q = rng.choice([0, 1, rng.randint(1, max(1, k)), k]) if k else 0
-        k_lens.append(k)
-        q_lens.append(min(q, k))
-    hk, group = rng.choice([(8, 1), (2, 4), (1, 8), (1, 16), (4, 4)])
+    q_lens, k_lens, hk, group = random_lengths(rng)
     d = rng.choice([64, 128, 256])
     causal = rng.random() < 0.75
     left = rng.choice([-1, -1, rng.randint(0, 300)])
@@ -78,12 +73,8 @@ def test_fa3_matches_reference(monkeypatch, fa3_calls, seed):
                                        sinks=sinks)
     if b.q.shape[0]:
         assert bool(fa3_calls) == routed, "FA3 ran for an uncovered call, or did not run"
-    assert got is out and not got.isnan().any()
-    tol = TOL[c["dtype"]]
-    torch.testing.assert_close(got.float(), ref.float(), atol=tol, rtol=tol)
-    assert torch.equal(lse == -math.inf, ref_lse == -math.inf), "empty rows: LSE must be -inf"
-    finite = ref_lse.isfinite()
-    torch.testing.assert_close(lse[finite], ref_lse[finite], atol=tol, rtol=tol)
+    assert got is out
+    assert_matches_reference(got, lse, ref, ref_lse, TOL[c["dtype"]])
 
 
 def test_fa3_contiguous_keys(monkeypatch, fa3_calls):

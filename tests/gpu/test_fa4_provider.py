@@ -22,6 +22,7 @@ from anyattn.core.semantics.reference import reference_attention
 from anyattn.core.semantics.spans import span_table
 
 from batches import paged_batch
+from provider_cases import assert_matches_reference, random_lengths
 from graph_storage import GraphStorage
 
 if fa4.unavailable(torch.device("cuda")):
@@ -66,13 +67,7 @@ def fa4_case(seed: int) -> dict:
     features = ["alibi", "alibi", "spans", "spans+window", "spans-in-window", "alibi+spans"]
     feature = features[seed % len(features)]
     causal = feature != "spans+window" and (feature != "alibi" or rng.random() < 0.6)
-    k_lens, q_lens = [], []
-    for _ in range(rng.randint(1, 5)):
-        k = rng.choice([0, 1, rng.randint(2, 200), rng.randint(200, 1500)])
-        q = rng.choice([0, 1, rng.randint(1, max(1, k)), k]) if k else 0
-        k_lens.append(k)
-        q_lens.append(min(q, k))
-    hk, group = rng.choice([(8, 1), (2, 4), (1, 8), (1, 16), (4, 4)])
+    q_lens, k_lens, hk, group = random_lengths(rng)
     d = rng.choice([64, 128, 256] if HOPPER else [64, 128])
     left = rng.randint(0, 300) if "window" in feature else rng.choice([-1, -1, rng.randint(0, 300)])
     right = 0 if causal else rng.choice([-1, rng.randint(0, 40)])
@@ -108,12 +103,8 @@ def test_fa4_matches_reference(monkeypatch, fa4_calls, seed):
     ref, ref_lse = reference_attention(b.q, b.k_cache, b.v_cache, b.plan, c["params"], **kw)
     if b.q.shape[0]:
         assert fa4_calls, "FA4 did not run a call routed to it"
-    assert got is out and not got.isnan().any()
-    tol = TOL[c["dtype"]]
-    torch.testing.assert_close(got.float(), ref.float(), atol=tol, rtol=tol)
-    assert torch.equal(lse == -math.inf, ref_lse == -math.inf), "empty rows: LSE must be -inf"
-    finite = ref_lse.isfinite()
-    torch.testing.assert_close(lse[finite], ref_lse[finite], atol=tol, rtol=tol)
+    assert got is out
+    assert_matches_reference(got, lse, ref, ref_lse, TOL[c["dtype"]])
 
 
 @pytest.mark.parametrize("spans", [False, True])
