@@ -18,7 +18,7 @@ from .inputs import check_call, check_values
 from .plan.plan import AttnPlan
 from .plan.schedule import Schedule
 from .plan.views import cache_view, expand_descale
-from .providers import Call, Provider
+from .providers import Call, Provider, Workload
 from .providers.triton.kv_write import run_kv_write
 from .providers.triton.merge import run_merge_state
 from .semantics import checks, masks, reference
@@ -121,7 +121,7 @@ class _Known:
 def _route(call: Call) -> tuple[Provider, Schedule]:
     """The plan's schedule for the call's workload, and the provider that runs the call: the
     first of the schedule's providers that covers the call's per-layer features."""
-    sched = call.plan.schedule_for(call.q, call.k_cache, call.v_cache)
+    sched = call.plan.schedule(Workload.of(call.q, call.k_cache, call.v_cache))
     return sched.provider_for(call), sched
 
 

@@ -96,17 +96,6 @@ class AttnPlan:
             found = self.schedules[w] = make_schedule(self, w)
         return found
 
-    def schedule_for(self, q: torch.Tensor, k_cache: torch.Tensor,
-                     v_cache: torch.Tensor) -> Schedule:
-        """:meth:`schedule` for a call's tensors: a cheap key per call, the
-        :class:`Workload` (and the choice) only on the first call of a new workload."""
-        key = (q.dtype, k_cache.dtype, q.shape[-2], q.shape[-1], k_cache.shape[-2],
-               v_cache.shape[-1], q.device)
-        found = self._memo.get(key)
-        if found is None:
-            found = self._memo[key] = self.schedule(Workload.of(q, k_cache, v_cache))
-        return found
-
     def safe_page_table(self, num_pages: int) -> torch.Tensor:
         """``page_table`` with every id clamped into ``[0, num_pages)``: the table anyattn's
         kernels read, so a bad id never sends a load outside a cache of ``num_pages`` pages
