@@ -11,8 +11,9 @@ GPU time alone); ``host_us`` is eager minus replay.
 Single-call prefill (16 x 1K): one call after a sync, the GPU otherwise idle (how an engine's
 eager prefill step issues each layer), anyattn ``auto`` and FA3 direct interleaved, the
 median of 30 alternating repeats: ``ratio`` is FA3's time over anyattn's.
-``--profile``: instead, where the host time of an eager anyattn call goes (cProfile over
-2,000 decode and 2,000 q_len-64 calls, the top functions by own time, as text lines).
+``--profile``: instead, where the host time of an eager anyattn call goes: host µs to issue a
+decode call at each layer from ``core.attention`` down to Triton's compiled launcher (JSON
+lines), then cProfile over 2,000 decode and 2,000 q_len-64 calls (top functions by own time).
 Usage: python bench/overhead.py [--profile]
 """
 from __future__ import annotations
@@ -105,7 +106,97 @@ def single_prefill(rows: list[dict], fa) -> None:
     emit(rows, bench="overhead", shape=shape, impl=FA3, us=theirs)
 
 
+def issue_us(fn, calls: int = 200) -> float:
+    """Host time to issue one call: ``calls`` back-to-back calls after a sync, timed without
+    waiting for the GPU (fewer launches than the launch queue holds, so none blocks); the
+    best of 5 repeats."""
+    best = float("inf")
+    for _ in range(5):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, time.perf_counter() - t0)
+        torch.cuda.synchronize()
+    return best / calls * 1e6
+
+
+class _Spy:
+    """Records the arguments of the next call of ``fn`` and forwards it."""
+
+    def __init__(self, fn) -> None:
+        self.fn, self.args = fn, None
+
+    def __call__(self, *args, **kwargs):
+        self.args = (args, kwargs)
+        return self.fn(*args, **kwargs)
+
+
+def layers(rows: list[dict]) -> None:
+    """Host µs of one eager anyattn call, layer by layer down to Triton's C launcher (8x1K
+    decode on the Triton kernel): the whole call, the provider's run (the call already
+    checked and routed), the bound kernel (arguments built), the compiled kernel's launcher
+    with the same arguments, that launcher with every pointer passed as an int (Triton then
+    skips the per-pointer ``data_ptr()`` call and driver query), and a one-argument Triton
+    kernel's launch (the floor)."""
+    import triton
+    import triton.language as tl
+
+    from anyattn.core.providers import TRITON
+    from anyattn.core.providers.triton import attention as triton_attention
+
+    batch, seq = 8, 1024
+    k_cache, v_cache, table = paged_cache([seq] * batch, HK, D, PAGE)
+    params = AttnParams(softmax_scale=D ** -0.5)
+    q = torch.randn(batch, HQ, D, device="cuda", dtype=torch.bfloat16)
+    out = torch.empty_like(q)
+    run, provider, _ = anyattn_call("triton", q, k_cache, v_cache, [1] * batch, [seq] * batch,
+                                    table, params, out)
+    bound = triton_attention._ATTN_FWD
+    spy_run, spy_bound = _Spy(type(TRITON).run), _Spy(bound)
+    TRITON.run = lambda call, sched: spy_run(TRITON, call, sched)
+    triton_attention._ATTN_FWD = spy_bound
+    try:
+        run()
+    finally:
+        del TRITON.run
+        triton_attention._ATTN_FWD = bound
+    (_, call, sched), _ = spy_run.args
+    bound_args, _ = spy_bound.args
+    binary = next(iter(bound._binaries.values()))
+    grid, _, tensors, ints, free, floats, static, constexprs, _ = bound_args
+    args = (*tensors, *ints, *free, *floats, *static.args,
+            *(constexprs[p.name] for p in bound.fn.params if p.is_constexpr))
+    stream = torch.cuda.current_stream().cuda_stream
+    launch = (grid[0], grid[1], grid[2], stream, binary.function, binary.packed_metadata, None,
+              None, None)
+    as_ints = tuple(a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args)
+
+    @triton.jit
+    def _nop(x):
+        tl.store(x, 0)
+
+    x = torch.zeros(1, device="cuda")
+    nop = _nop[(1,)](x)
+    nop_launch = (1, 1, 1, stream, nop.function, nop.packed_metadata, None, None, None)
+    steps = {
+        "core.attention (whole call)": run,
+        "provider.run (checked, routed)": lambda: type(TRITON).run(TRITON, call, sched),
+        "BoundKernel (arguments built)": lambda: bound(*bound_args),
+        "compiled launcher, tensors": lambda: binary.run(*launch, *args),
+        "compiled launcher, pointers as ints": lambda: binary.run(*launch, *as_ints),
+        "one-argument kernel, compiled launcher": lambda: nop.run(*nop_launch, x),
+    }
+    pointers = sum(isinstance(a, torch.Tensor) for a in args)
+    for name, fn in steps.items():
+        emit(rows, bench="overhead layers", shape=f"{batch}x{seq} decode ({provider})",
+             impl=name, us=issue_us(fn), pointers=pointers, args=len(args))
+
+
 def profile() -> None:
+    rows: list[dict] = []
+    layers(rows)
+    markdown(rows, "us", "host µs per call")
     batch, seq = 8, 1024
     k_cache, v_cache, table = paged_cache([seq] * batch, HK, D, PAGE)
     params = AttnParams(softmax_scale=D ** -0.5)

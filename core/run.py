@@ -85,7 +85,7 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pla
         bias = masks.describe("attn_bias", attn_bias, **shape)
         masks.check_key_rows(mask, bias)
     call = Call(q, k_cache, v_cache, plan, params, out, return_lse, sinks, k_descale, v_descale,
-                mask, bias, alibi_slopes, params.use_spans and plan.has_spans)
+                mask, bias, alibi_slopes, params.use_spans and plan.has_spans, known.memo)
     if q.shape[0] == 0 or plan.batch_size == 0:
         o, lse = _empty_result(call)
     elif not use_triton(q):
@@ -108,14 +108,16 @@ def _meta(t: torch.Tensor | None) -> tuple | type | None:
 
 class _Known:
     """A call signature a plan has seen: its tensors' shapes, strides, dtypes and devices
-    passed the host checks, and ``route`` (once a kernel path asked) holds the provider and
-    schedule its calls run on. Every host fact a check or a provider's choice reads is in
-    the signature, so a later call with it skips straight to the launch."""
+    passed the host checks, ``route`` (once a kernel path asked) holds the provider and
+    schedule its calls run on, and ``memo`` what that provider prepared for the signature
+    (its launch). Every host fact a check, a provider's choice or a launch reads is in the
+    signature, so a later call with it skips straight to the launch."""
 
-    __slots__ = ("route",)
+    __slots__ = ("route", "memo")
 
     def __init__(self) -> None:
         self.route: tuple[Provider, Schedule] | None = None
+        self.memo: dict = {}
 
 
 def _route(call: Call) -> tuple[Provider, Schedule]:

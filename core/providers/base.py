@@ -9,7 +9,7 @@ only: graph-safe); the first that does runs the call, and Triton covers every ca
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -56,7 +56,9 @@ class Call:
 
     ``k_cache``/``v_cache`` are already in the plan's pages; ``k_descale``/``v_descale`` are
     ``[B, Hk]`` float32 (or None); ``mask``/``bias`` come from :mod:`core.semantics.masks`;
-    ``spans``: the plan's bidirectional spans apply to this call.
+    ``spans``: the plan's bidirectional spans apply to this call. ``memo``: what providers
+    derive from the call's signature (shapes, strides, dtypes, params; the run path keeps one
+    per signature of a plan, so a provider prepares its launch once per layer kind).
     """
 
     q: torch.Tensor
@@ -73,6 +75,7 @@ class Call:
     bias: MaskSpec | None = None
     alibi_slopes: torch.Tensor | None = None
     spans: bool = False
+    memo: dict = field(default_factory=dict)
 
 
 class Provider:

@@ -175,12 +175,11 @@ def _scheduler_metadata(src: Source, call: Call, memo: dict) -> torch.Tensor | N
 def run_fa3(call: Call, memo: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One FA3 launch for the plan; writes ``out`` when given. Graph-safe: every size is a
     host int of the plan, and the split count is FA3's own heuristic on those. The keyword
-    arguments a layer's calls share are built once per (schedule, params, LSE wanted)."""
+    arguments a layer's calls share are built once per call signature (``call.memo``)."""
     src, want_lse = source(), call.want_lse
-    key = ("fa3_kwargs", call.params, want_lse)
-    kwargs = memo.get(key)
+    kwargs = call.memo.get("fa3 kwargs")
     if kwargs is None:
-        kwargs = memo[key] = _plan_kwargs(src, call, memo)
+        kwargs = call.memo["fa3 kwargs"] = _plan_kwargs(src, call, memo)
     if src.varlen is not None:
         res = src.varlen(call.q, call.k_cache, call.v_cache, out=call.out, s_aux=call.sinks,
                          **kwargs)

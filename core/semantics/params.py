@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,11 @@ class AttnParams:
             if getattr(self, name) < -1:
                 raise ValueError(f"{name}: expected an int >= -1 (-1 = unbounded), got "
                                  f"{getattr(self, name)}")
+        object.__setattr__(self, "_hash", hash(astuple(self)))
+
+    def __hash__(self) -> int:
+        """Hashed once: every call's signature key holds its layer's params."""
+        return self._hash
 
     @property
     def positional(self) -> bool:

@@ -18,7 +18,7 @@ from ...semantics import checks
 from ...semantics.masks import MaskSpec
 from ..base import Call
 from .key_term import key_term, shared_key_side, term_start
-from .launch import BoundKernel, LaunchKey, Static, interpreting
+from .launch import BoundKernel, Launch, LaunchKey, Static, interpreting
 from .merge import merge_splits
 
 if TYPE_CHECKING:
@@ -519,15 +519,6 @@ def _attn_fwd(
                        HEAD_DIM_V, BLOCK_M, BLOCK_DV, WANT_LSE)
 
 
-def _layout_args(spec: MaskSpec | None, dummy: torch.Tensor) -> tuple:
-    """(pointer, row starts), (row, head, column) strides and the column count of a mask/bias."""
-    if spec is None:
-        return (dummy, dummy), (0, 0, 0), 0
-    t = spec.tensor.view(torch.uint8) if spec.is_bool else spec.tensor
-    col_stride, cols = (t.stride(2), t.shape[2]) if t.dim() == 3 else (0, 0)
-    return (t, spec.row_start), (t.stride(0), t.stride(1), col_stride), cols
-
-
 def _static(plan: AttnPlan, num_pages: int) -> Static:
     """The kernel's per-plan arguments (``CuSeqQ`` .. ``max_pages``) for a cache of
     ``num_pages`` pages: the page table with its ids clamped into the cache
@@ -640,75 +631,136 @@ def _variant(call: Call, key_heads: int, mask: MaskSpec | None, bias: MaskSpec |
             bias is not None and (bias.layout, bias.heads, bias.tensor.dtype))
 
 
+def _outputs(call: Call) -> tuple[torch.Tensor, torch.Tensor | None]:
+    q = call.q
+    out = call.out
+    if out is None:
+        out = torch.empty(q.shape[0], q.shape[1], call.v_cache.shape[-1], dtype=q.dtype,
+                          device=q.device)
+    lse = (torch.empty(q.shape[1], q.shape[0], dtype=torch.float32, device=q.device)
+           if call.want_lse else None)
+    return out, lse
+
+
+class _CallLaunch:
+    """The forward launch of one call signature (its tensors' shapes, strides, dtypes and
+    params, its masks' layouts): the :class:`Launch` with every argument but the tensors, the
+    split partials and whether the merge runs fused. Built at the signature's first call; an
+    unmasked signature's is kept in the run path's per-signature memo (``Call.memo``)."""
+
+    __slots__ = ("launch", "parts", "arrivals", "merge_apart")
+
+    def __init__(self, call: Call, tile: dict, memo: dict, mask: MaskSpec | None,
+                 bias: MaskSpec | None, term: tuple[torch.Tensor | None, MaskSpec | None, int],
+                 out: torch.Tensor, lse: torch.Tensor | None) -> None:
+        q, k_cache, v_cache, plan, params = call.q, call.k_cache, call.v_cache, call.plan, call.params
+        term_tensor, key_shared, key_heads = term
+        variant = _variant(call, key_heads, mask, bias)
+        prepared = memo.get(variant)
+        if prepared is None:
+            prepared = memo[variant] = _Prepared(call, tile, variant, key_shared,
+                                                 max(key_heads, 1), mask, bias)
+        self.arrivals = prepared.arrivals
+        self.merge_apart = plan.num_splits > 1 and not prepared.fused
+        if plan.num_splits > 1:
+            self.parts = _split_parts(call, memo)
+            o_strides, l_strides = self.parts[0].stride(), self.parts[1].stride()
+            merged_strides = (*out.stride(), *((0, 0) if lse is None else lse.stride()))
+        else:  # the kernel writes out (and lse) as split 0; without an LSE it never touches it
+            self.parts = None
+            o_strides = out.unsqueeze(0).stride()
+            l_strides = (0, 0, 0) if lse is None else lse.unsqueeze(0).stride()
+            merged_strides = (0, 0, 0, 0, 0)
+        if plan.paged:
+            kv_strides = (*k_cache.stride(), *v_cache.stride())
+        else:
+            kv_strides = (0, *k_cache.stride(), 0, *v_cache.stride())
+        k_descale, v_descale = call.k_descale, call.v_descale
+        descale = k_descale if k_descale is not None else v_descale
+        if k_descale is not None and v_descale is not None:
+            checks.expect(k_descale.stride() == v_descale.stride(),
+                          "v_descale: expected the same strides as k_descale")
+        mask_strides, mask_cols = _layout_strides(mask)
+        bias_strides, bias_cols = _layout_strides(bias)
+        sinks, alibi = call.sinks, call.alibi_slopes
+        rows_k = k_cache.shape[0]
+        self.launch = Launch(
+            _ATTN_FWD, prepared.grid, prepared.key,
+            (*q.stride(), *kv_strides, *o_strides, *l_strides, *merged_strides,
+             *mask_strides, *bias_strides, 0 if term_tensor is None else term_tensor.stride(0),
+             *((0, 0) if descale is None else descale.stride()),
+             0 if alibi is None else alibi.stride(0), 0 if sinks is None else sinks.stride(0)),
+            (q.shape[0], rows_k, rows_k if plan.paged else 0, mask_cols, bias_cols,
+             params.window_left, params.window_right, max(params.chunk_size, 1)),
+            (float(params.softmax_scale), float(params.softcap or 1.0)),  # never specialized
+            prepared.static, prepared.constexprs, prepared.options)
+
+    def __call__(self, call: Call, out: torch.Tensor, lse: torch.Tensor | None,
+                 layouts: tuple[torch.Tensor, ...]) -> None:
+        dummy = call.plan.seqused_k
+        if self.parts is not None:
+            o_part, l_part = self.parts
+            outputs = (o_part, l_part, out, dummy if lse is None else lse, self.arrivals)
+        else:
+            outputs = (out, out if lse is None else lse, dummy, dummy, dummy)
+        sinks, k_descale, v_descale, alibi = (call.sinks, call.k_descale, call.v_descale,
+                                              call.alibi_slopes)
+        self.launch((call.q, call.k_cache, call.v_cache, *outputs,
+                     dummy if sinks is None else sinks,
+                     dummy if k_descale is None else k_descale,
+                     dummy if v_descale is None else v_descale,
+                     *layouts, dummy if alibi is None else alibi))
+        if self.merge_apart:
+            merge_splits(self.parts[0], self.parts[1], out, lse)
+
+
+def _layout_strides(spec: MaskSpec | None) -> tuple[tuple[int, int, int], int]:
+    """The (row, head, column) strides and the column count of a mask/bias."""
+    if spec is None:
+        return (0, 0, 0), 0
+    t = spec.tensor
+    return (t.stride(0), t.stride(1), t.stride(2) if t.dim() == 3 else 0), (
+        t.shape[2] if t.dim() == 3 else 0)
+
+
+def _layout_tensors(spec: MaskSpec | None, dummy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A mask/bias's tensor (bool masks as bytes) and its row starts."""
+    if spec is None:
+        return dummy, dummy
+    return (spec.tensor.view(torch.uint8) if spec.is_bool else spec.tensor), spec.row_start
+
+
+_MEMO_KEY = "triton launch"
+
+
 def run_attention(call: Call, tile: dict, memo: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Launch the forward kernel with the tile config ``tile`` (split plans merge their splits
     inside it, or in a second kernel for CUDA graphs: :func:`_fused_merge`); ``memo`` keeps
-    what is prepared once per schedule."""
-    q, k_cache, v_cache, plan, params = call.q, call.k_cache, call.v_cache, call.plan, call.params
-    total_q, hq, d = q.shape
-    out, want_lse = call.out, call.want_lse
-    if out is None:
-        out = torch.empty(total_q, hq, v_cache.shape[-1], dtype=q.dtype, device=q.device)
-    lse = torch.empty(hq, total_q, dtype=torch.float32, device=q.device) if want_lse else None
-    if total_q == 0:
+    what is prepared once per schedule, ``call.memo`` the launch of the call's signature."""
+    out, lse = _outputs(call)
+    if call.q.shape[0] == 0:
         return out, lse
-    dummy = plan.seqused_k
+    dummy = call.plan.seqused_k
+    if call.mask is None and call.bias is None:
+        launch = call.memo.get(_MEMO_KEY)
+        if launch is None:
+            launch = call.memo[_MEMO_KEY] = _CallLaunch(call, tile, memo, None, None,
+                                                        (None, None, 0), out, lse)
+        launch(call, out, lse, (dummy,) * 6)
+        return out, lse
     mask, bias = call.mask, call.bias
-    key_shared = None
-    term_ptrs, stride_th, key_heads = (dummy, dummy), 0, 0
-    if mask is not None or bias is not None:
-        key_mask, key_bias = shared_key_side(mask, hq), shared_key_side(bias, hq)
-        key_shared = key_mask or key_bias
-        if key_shared:
-            term = key_term(key_mask, key_bias, plan, tile["BLOCK_N"])
-            term_ptrs, stride_th, key_heads = (term, key_shared.row_start), term.stride(0), term.shape[0]
-            mask = None if key_mask else mask
-            bias = None if key_bias else bias
-    variant = _variant(call, key_heads, mask, bias)
-    prepared = memo.get(variant)
-    if prepared is None:
-        prepared = memo[variant] = _Prepared(call, tile, variant, key_shared, max(key_heads, 1), mask, bias)
-    if plan.num_splits > 1:
-        o_part, l_part = _split_parts(call, memo)
-        merged = (out, dummy if lse is None else lse, prepared.arrivals)
-        merged_strides = (*out.stride(), *((0, 0) if lse is None else lse.stride()))
-        l_strides = l_part.stride()
-    else:  # without an LSE to write, the kernel never touches l_part: out stands in
-        o_part = out.unsqueeze(0)
-        l_part = o_part if lse is None else lse.unsqueeze(0)
-        merged = (dummy, dummy, dummy)
-        merged_strides = (0, 0, 0, 0, 0)
-        l_strides = (0, 0, 0) if lse is None else l_part.stride()
-    if plan.paged:
-        kv_strides = (*k_cache.stride(), *v_cache.stride())
-    else:
-        kv_strides = (0, *k_cache.stride(), 0, *v_cache.stride())
-    k_descale, v_descale = call.k_descale, call.v_descale
-    descale = k_descale if k_descale is not None else v_descale
-    if k_descale is not None and v_descale is not None:
-        checks.expect(k_descale.stride() == v_descale.stride(),
-                      "v_descale: expected the same strides as k_descale")
-    mask_ptrs, mask_strides, mask_cols = _layout_args(mask, dummy)
-    bias_ptrs, bias_strides, bias_cols = _layout_args(bias, dummy)
-    sinks, alibi = call.sinks, call.alibi_slopes
-    rows_k = k_cache.shape[0]
-    _ATTN_FWD(
-        prepared.grid, prepared.key,
-        (q, k_cache, v_cache, o_part, l_part, *merged,
-         dummy if sinks is None else sinks,
-         dummy if k_descale is None else k_descale,
-         dummy if v_descale is None else v_descale,
-         *mask_ptrs, *bias_ptrs, *term_ptrs, dummy if alibi is None else alibi),
-        (*q.stride(), *kv_strides, *o_part.stride(), *l_strides, *merged_strides,
-         *mask_strides, *bias_strides, stride_th,
-         *((0, 0) if descale is None else descale.stride()),
-         0 if alibi is None else alibi.stride(0), 0 if sinks is None else sinks.stride(0)),
-        (total_q, rows_k, rows_k if plan.paged else 0, mask_cols, bias_cols,
-         params.window_left, params.window_right, max(params.chunk_size, 1)),
-        (float(params.softmax_scale), float(params.softcap or 1.0)),  # floats: never specialized
-        prepared.static, prepared.constexprs, prepared.options)
-    if plan.num_splits > 1 and not prepared.fused:
-        merge_splits(o_part, l_part, out, lse)
+    hq = call.q.shape[1]
+    key_mask, key_bias = shared_key_side(mask, hq), shared_key_side(bias, hq)
+    key_shared = key_mask or key_bias
+    term, term_tensors = (None, None, 0), (dummy, dummy)
+    if key_shared:
+        tensor = key_term(key_mask, key_bias, call.plan, tile["BLOCK_N"])
+        term, term_tensors = (tensor, key_shared, tensor.shape[0]), (tensor, key_shared.row_start)
+        mask = None if key_mask else mask
+        bias = None if key_bias else bias
+    launch = _CallLaunch(call, tile, memo, mask, bias, term, out, lse)
+    launch(call, out, lse, (*_layout_tensors(mask, dummy), *_layout_tensors(bias, dummy),
+                            *term_tensors))
     return out, lse
 
 
