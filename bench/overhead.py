@@ -127,50 +127,26 @@ class _Spy:
     def __init__(self, fn) -> None:
         self.fn, self.args = fn, None
 
-    def __call__(self, *args, **kwargs):
-        self.args = (args, kwargs)
-        return self.fn(*args, **kwargs)
+    def __call__(self, *args):
+        self.args = args
+        return self.fn(*args)
 
 
-def layers(rows: list[dict]) -> None:
-    """Host µs of one eager anyattn call, layer by layer down to Triton's C launcher (8x1K
-    decode on the Triton kernel): the whole call, the provider's run (the call already
-    checked and routed), the bound kernel (arguments built), the compiled kernel's launcher
-    with the same arguments, that launcher with every pointer passed as an int (Triton then
-    skips the per-pointer ``data_ptr()`` call and driver query), and a one-argument Triton
-    kernel's launch (the floor)."""
-    import triton
-    import triton.language as tl
-
-    from anyattn.core.providers import TRITON
-    from anyattn.core.providers.triton import attention as triton_attention
-
-    batch, seq = 8, 1024
-    k_cache, v_cache, table = paged_cache([seq] * batch, HK, D, PAGE)
-    params = AttnParams(softmax_scale=D ** -0.5)
-    q = torch.randn(batch, HQ, D, device="cuda", dtype=torch.bfloat16)
-    out = torch.empty_like(q)
-    run, provider, _ = anyattn_call("triton", q, k_cache, v_cache, [1] * batch, [seq] * batch,
-                                    table, params, out)
-    bound = triton_attention._ATTN_FWD
-    spy_run, spy_bound = _Spy(type(TRITON).run), _Spy(bound)
-    TRITON.run = lambda call, sched: spy_run(TRITON, call, sched)
-    triton_attention._ATTN_FWD = spy_bound
+def _captured_call(run, provider):
+    """The checked, routed ``Call`` and schedule ``provider`` gets from one ``run()``."""
+    spy = _Spy(type(provider).run)
+    provider.run = lambda call, sched: spy(provider, call, sched)
     try:
         run()
     finally:
-        del TRITON.run
-        triton_attention._ATTN_FWD = bound
-    (_, call, sched), _ = spy_run.args
-    bound_args, _ = spy_bound.args
-    binary = next(iter(bound._binaries.values()))
-    grid, _, tensors, ints, free, floats, static, constexprs, _ = bound_args
-    args = (*tensors, *ints, *free, *floats, *static.args,
-            *(constexprs[p.name] for p in bound.fn.params if p.is_constexpr))
-    stream = torch.cuda.current_stream().cuda_stream
-    launch = (grid[0], grid[1], grid[2], stream, binary.function, binary.packed_metadata, None,
-              None, None)
-    as_ints = tuple(a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args)
+        del provider.run
+    return spy.args[1], spy.args[2]
+
+
+def _nop_launch():
+    """A one-argument Triton kernel's compiled launch (the floor of any launch)."""
+    import triton
+    import triton.language as tl
 
     @triton.jit
     def _nop(x):
@@ -178,24 +154,77 @@ def layers(rows: list[dict]) -> None:
 
     x = torch.zeros(1, device="cuda")
     nop = _nop[(1,)](x)
-    nop_launch = (1, 1, 1, stream, nop.function, nop.packed_metadata, None, None, None)
+    stream = torch.cuda.current_stream().cuda_stream
+    return lambda: nop.run(1, 1, 1, stream, nop.function, nop.packed_metadata, None, None, None, x)
+
+
+def layers(rows: list[dict], fa) -> None:
+    """Host µs to issue one eager anyattn call, layer by layer (8x1K). Decode on the Triton
+    kernel: the whole call, the provider's run (the call already checked and routed), the
+    signature's prepared launch (arguments fixed), the :class:`Launch` given the tensors, the
+    compiled kernel's launcher as it gets them (every pointer an int) and as Triton's own launch
+    passes them (tensors: Triton asks the driver about each), and a one-argument kernel's
+    launch. q_len 64 on FA3: the whole call, the provider's run, FA3 with the same arguments."""
+    from anyattn.core.providers import FA3, TRITON
+    from anyattn.core.providers.triton.attention import _MEMO_KEY
+
+    batch, seq = 8, 1024
+    k_cache, v_cache, table = paged_cache([seq] * batch, HK, D, PAGE)
+    params = AttnParams(softmax_scale=D ** -0.5)
+    q = torch.randn(batch, HQ, D, device="cuda", dtype=torch.bfloat16)
+    out = torch.empty_like(q)
+    run, _, _ = anyattn_call("triton", q, k_cache, v_cache, [1] * batch, [seq] * batch,
+                             table, params, out)
+    call, sched = _captured_call(run, TRITON)
+    prepared = call.memo[_MEMO_KEY]
+    launch, spy = prepared.launch, _Spy(prepared.launch)
+    prepared.launch = spy
+    run()
+    prepared.launch = launch
+    (tensors,) = spy.args
+    binary = next(iter(launch._found.values()))
+    stream = torch.cuda.current_stream().cuda_stream
+    head = (*launch.grid, stream, binary.function, binary.packed_metadata, None, None, None)
+    pointers = [t.data_ptr() for t in tensors]
+    layouts = (call.plan.seqused_k,) * 6
     steps = {
         "core.attention (whole call)": run,
         "provider.run (checked, routed)": lambda: type(TRITON).run(TRITON, call, sched),
-        "BoundKernel (arguments built)": lambda: bound(*bound_args),
-        "compiled launcher, tensors": lambda: binary.run(*launch, *args),
-        "compiled launcher, pointers as ints": lambda: binary.run(*launch, *as_ints),
-        "one-argument kernel, compiled launcher": lambda: nop.run(*nop_launch, x),
+        "signature's launch (arguments fixed)": lambda: prepared(call, out, None, layouts),
+        "Launch (given the tensors)": lambda: launch(tensors),
+        "compiled launcher, pointers as ints": lambda: binary.run(*head, *pointers,
+                                                                  *launch._tail),
+        "compiled launcher, tensors": lambda: binary.run(*head, *launch._args(tensors)),
+        "one-argument kernel, compiled launcher": _nop_launch(),
     }
-    pointers = sum(isinstance(a, torch.Tensor) for a in args)
+    shape = f"{batch}x{seq} decode (triton)"
     for name, fn in steps.items():
-        emit(rows, bench="overhead layers", shape=f"{batch}x{seq} decode ({provider})",
-             impl=name, us=issue_us(fn), pointers=pointers, args=len(args))
+        emit(rows, bench="overhead layers", shape=shape, impl=name, us=issue_us(fn))
+    if fa is None:
+        return
+    q = torch.randn(batch * 64, HQ, D, device="cuda", dtype=torch.bfloat16)
+    out = torch.empty_like(q)
+    run, provider, _ = anyattn_call("auto", q, k_cache, v_cache, [64] * batch, [seq] * batch,
+                                    table, params, out)
+    if provider != "fa3":
+        return
+    call, sched = _captured_call(run, FA3)
+    kwargs = call.memo["fa3 kwargs"]
+    varlen = fa.flash_attn_varlen_func
+    steps = {
+        "core.attention (whole call)": run,
+        "provider.run (checked, routed)": lambda: type(FA3).run(FA3, call, sched),
+        "FA3 with the call's arguments": lambda: varlen(q, k_cache, v_cache, out=out,
+                                                        s_aux=None, **kwargs),
+    }
+    for name, fn in steps.items():
+        emit(rows, bench="overhead layers", shape=f"{batch}x{seq} q_len 64 (fa3)", impl=name,
+             us=issue_us(fn))
 
 
 def profile() -> None:
     rows: list[dict] = []
-    layers(rows)
+    layers(rows, fa3_or_skip("overhead layers"))
     markdown(rows, "us", "host µs per call")
     batch, seq = 8, 1024
     k_cache, v_cache, table = paged_cache([seq] * batch, HK, D, PAGE)
