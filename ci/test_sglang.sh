@@ -3,7 +3,7 @@
 # runs tests/sglang (backend level against SGLang's torch_native / triton backends, the
 # CUDA-graph metadata path, and sglang.Engine / launch_server with a tiny random Llama).
 # Two pytest-xdist workers (CI_WORKERS; passing -n 0 runs one process); --dist loadfile keeps
-# a file on one worker, so test_engine.py's module-wide torch_native engine run happens once.
+# a file on one worker, so test_sglang_engine.py's module-wide torch_native engine run happens once.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/ci/setup_sglang.sh"

@@ -1,7 +1,7 @@
 """SGLang's OpenAI server against ``sglang.Engine`` with the same settings, greedy.
 
 Shared by ``tests/gpu/test_sglang_server.py`` (the H200, bf16, CUDA graphs) and
-``tests/sglang/test_engine.py`` (the CPU). One settings dict (``sglang.Engine`` keywords)
+``tests/sglang/test_sglang_engine.py`` (the CPU). One settings dict (``sglang.Engine`` keywords)
 makes both the engine and the ``python -m sglang.launch_server`` command line (``as_flags``),
 so the two run the same configuration. The model directory holds weights only; the
 tokenizer is a word-level one of ``local_tokenizer`` in its own directory

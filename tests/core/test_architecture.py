@@ -91,3 +91,13 @@ def test_adapters_import_only_cores_public_face():
                     assert node.module == "anyattn.core", (path, node.module)
                 elif isinstance(node, ast.Import):
                     assert not any(a.name.startswith("anyattn.core") for a in node.names), path
+
+
+def test_test_modules_have_unique_names():
+    """pytest imports test files by basename (tests/ has no packages), so two files of one name
+    in different folders cannot run in one session (the GPU pipeline runs tests/core and
+    tests/gpu together)."""
+    seen: dict[str, Path] = {}
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        other = seen.setdefault(path.name, path)
+        assert other == path, f"{path} and {other} share a name"
