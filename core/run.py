@@ -57,25 +57,31 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pla
     ``params``. Writes into ``out`` when given (``[total_q, Hq, Dv]``); returns out, or
     (out, lse) with lse ``[Hq, total_q]`` float32.
     """
-    k_cache, v_cache = cache_view(k_cache, plan), cache_view(v_cache, plan)
+    masked = attn_mask is not None or attn_bias is not None
+    known = None  # calls with masks (their layouts vary per call) are checked and routed each time
+    if not masked:  # the signature of the arguments as given: views and expansions follow from it
+        key = (params, return_lse, _meta(q), _meta(k_cache), _meta(v_cache),
+               out if out is None else _meta(out), sinks if sinks is None else _meta(sinks),
+               k_descale if k_descale is None else _meta(k_descale),
+               v_descale if v_descale is None else _meta(v_descale),
+               alibi_slopes if alibi_slopes is None else _meta(alibi_slopes))
+        calls = plan._memo.setdefault("calls", {})
+        known = calls.get(key)
+    if known is None or known.views:
+        k_view, v_view = cache_view(k_cache, plan), cache_view(v_cache, plan)
+        views = k_view is not k_cache or v_view is not v_cache
+        k_cache, v_cache = k_view, v_view
     if k_descale is not None or v_descale is not None:
         rows, hk = plan.batch_size, k_cache.shape[-2]
         k_descale = expand_descale(k_descale, rows, hk, q.device, "k_descale")
         v_descale = expand_descale(v_descale, rows, hk, q.device, "v_descale")
-    masked = attn_mask is not None or attn_bias is not None
-    known = None  # calls with masks (their layouts vary per call) are checked and routed each time
-    if not masked:
-        key = (params, return_lse, _meta(q), _meta(k_cache), _meta(v_cache), _meta(out),
-               _meta(sinks), _meta(k_descale), _meta(v_descale), _meta(alibi_slopes))
-        calls = plan._memo.setdefault("calls", {})
-        known = calls.get(key)
     if known is None:
         check_call(q, k_cache, v_cache, plan, sinks=sinks, k_descale=k_descale,
                    v_descale=v_descale, out=out, alibi_slopes=alibi_slopes)
-        known = _Known()
+        known = _Known(q, plan, params, views)
         if not masked and len(calls) < 64:
             calls[key] = known
-    if q.device.type == "cpu" or checks.debug_mode():
+    if known.check_values:
         check_values(q, k_cache, plan, params, k_descale=k_descale, v_descale=v_descale)
     mask = bias = None
     if masked:
@@ -85,8 +91,8 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pla
         bias = masks.describe("attn_bias", attn_bias, **shape)
         masks.check_key_rows(mask, bias)
     call = Call(q, k_cache, v_cache, plan, params, out, return_lse, sinks, k_descale, v_descale,
-                mask, bias, alibi_slopes, params.use_spans and plan.has_spans, known.memo)
-    if q.shape[0] == 0 or plan.batch_size == 0:
+                mask, bias, alibi_slopes, known.spans, known.memo)
+    if known.empty:
         o, lse = _empty_result(call)
     elif not use_triton(q):
         o, lse = reference.reference_attention(
@@ -107,15 +113,26 @@ def _meta(t: torch.Tensor | None) -> tuple | type | None:
 
 
 class _Known:
-    """A call signature a plan has seen: its tensors' shapes, strides, dtypes and devices
-    passed the host checks, ``route`` (once a kernel path asked) holds the provider and
-    schedule its calls run on, and ``memo`` what that provider prepared for the signature
-    (its launch). Every host fact a check, a provider's choice or a launch reads is in the
-    signature, so a later call with it skips straight to the launch."""
+    """A call signature a plan has seen (its arguments' shapes, strides, dtypes and devices,
+    and the params), whose calls passed the host checks, and what follows from it:
 
-    __slots__ = ("route", "memo")
+    - ``views``: the caches need :func:`cache_view` to be in the plan's pages;
+    - ``check_values``: its calls check device values too (CPU tensors, or ``ANYATTN_DEBUG=1``
+      when the plan first saw the signature);
+    - ``empty``: no queries or no sequences; ``spans``: the plan's spans apply;
+    - ``route`` (once a kernel path asked): the provider and schedule its calls run on, and
+      ``memo``: what that provider prepared for the signature (its launch).
 
-    def __init__(self) -> None:
+    Every host fact a check, a provider's choice or a launch reads is in the signature, so a
+    later call with it skips straight to the launch."""
+
+    __slots__ = ("views", "check_values", "empty", "spans", "route", "memo")
+
+    def __init__(self, q: torch.Tensor, plan: AttnPlan, params: AttnParams, views: bool) -> None:
+        self.views = views
+        self.check_values = q.device.type == "cpu" or checks.debug_mode()
+        self.empty = q.shape[0] == 0 or plan.batch_size == 0
+        self.spans = params.use_spans and plan.has_spans
         self.route: tuple[Provider, Schedule] | None = None
         self.memo: dict = {}
 

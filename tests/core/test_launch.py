@@ -53,7 +53,6 @@ class FakeJit:
 @pytest.fixture
 def compiled(monkeypatch):
     """A compiled-kernel launch on fake driver calls (device 0, stream 1234)."""
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
     driver = SimpleNamespace(active=SimpleNamespace(get_current_device=lambda: 0,
                                                     get_current_stream=lambda device: 1234))
     monkeypatch.setattr(triton.runtime, "driver", driver)

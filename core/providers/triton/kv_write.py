@@ -59,7 +59,7 @@ def run_kv_write(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cach
     if n == 0:
         return
     dv = v.shape[-1]
-    if interpreting() and k_cache.dtype in FP8_DTYPES:
+    if k_cache.dtype in FP8_DTYPES and interpreting():
         # triton 3.9's interpreter drops the rounding carry in fp32 -> fp8 (1.96 -> 1.0):
         # quantise with torch there; the compiled kernel converts in-register.
         k, v = quantize(k, k_scale, k_cache.dtype), quantize(v, v_scale, v_cache.dtype)

@@ -24,8 +24,8 @@ A miss launches through Triton (compiling if needed) and keeps the binary; a hit
 binary's launcher directly with every pointer as an int (the tensors' ``data_ptr()``, which
 the run path's host checks have already placed on the call's CUDA device), and with Triton's
 launch hooks (profilers) as Triton passes them. The kernel's parameters must come in this
-group order (tensors first), then the constexprs. Under ``TRITON_INTERPRET=1`` every launch
-goes through Triton.
+group order (tensors first), then the constexprs. A kernel defined under ``TRITON_INTERPRET=1``
+(the interpreter's function) always launches through Triton.
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ from typing import Any, Hashable, Sequence
 
 import torch
 import triton
+from triton.runtime.interpreter import InterpretedFunction
 
 _I32 = (-2 ** 31, 2 ** 31 - 1)
 
@@ -84,6 +85,9 @@ class BoundKernel:
     def __init__(self, fn: triton.runtime.JITFunction) -> None:
         self.fn = fn
         self.binaries: dict[tuple, Any] = {}
+        # TRITON_INTERPRET=1 at import made @triton.jit return the interpreter's function;
+        # every launch of it goes through Triton
+        self.interpreted = isinstance(fn, InterpretedFunction)
 
     @functools.cached_property
     def constexpr_names(self) -> tuple[str, ...]:
@@ -114,13 +118,13 @@ class Launch:
         self._by_dtypes = key is None
         self.key = (LaunchKey(tuple(constexprs.values()), tuple(options.values()))
                     if key is None else key)
-        self._tail = () if interpreting() else (  # the compiled launcher's arguments after the tensors
+        self._tail = () if kernel.interpreted else (  # the compiled launcher's arguments after the tensors
             *ints, *free, *floats, *static.pointers,
             *(constexprs[n] for n in kernel.constexpr_names))
         self._found: dict[tuple, Any] = {}
 
     def __call__(self, tensors: Sequence[torch.Tensor]) -> None:
-        if interpreting():
+        if self.kernel.interpreted:
             self._through_triton(tensors)
             return
         ptrs = [t.data_ptr() for t in tensors]
