@@ -106,8 +106,12 @@ def check_kv_write(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
            lambda: f"v: expected [num_tokens, {v_cache.shape[2]}, {v_cache.shape[3]}] to match v_cache, got {tuple(v.shape)}")
     expect(k_cache.dtype == v_cache.dtype and (k_cache.dtype == k.dtype or k_cache.dtype in FP8_DTYPES),
            lambda: f"k_cache/v_cache: expected dtype {k.dtype} (like k) or fp8, got {k_cache.dtype}/{v_cache.dtype}")
-    if k.device.type == "cpu" or debug_mode():
-        slots = slot_mapping[:n]
-        cap = k_cache.shape[0] * k_cache.shape[1]
-        expect(slots.numel() == 0 or (int(slots.min()) >= -1 and int(slots.max()) < cap),
-               lambda: f"slot_mapping: entries must be -1 (padding) or in [0, {cap})")
+
+
+def check_kv_write_values(k: torch.Tensor, k_cache: torch.Tensor,
+                          slot_mapping: torch.Tensor) -> None:
+    """The slots a cache write reads from the device (CPU tensors, or debug mode)."""
+    slots = slot_mapping[:k.shape[0]]
+    cap = k_cache.shape[0] * k_cache.shape[1]
+    expect(slots.numel() == 0 or (int(slots.min()) >= -1 and int(slots.max()) < cap),
+           lambda: f"slot_mapping: entries must be -1 (padding) or in [0, {cap})")

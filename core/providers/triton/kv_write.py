@@ -7,7 +7,7 @@ import triton.language as tl
 
 from ...semantics.checks import FP8_DTYPES
 from ...semantics.reference import quantize
-from .launch import BoundKernel, Static, interpreting
+from .launch import BoundKernel, Launch, LaunchKey, Static, interpreting
 
 
 @triton.jit(do_not_specialize=["num_slots"])
@@ -54,11 +54,11 @@ def _scale_tensor(scale: torch.Tensor | float | None, device: torch.device) -> t
 
 def run_kv_write(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                  slot_mapping: torch.Tensor, k_scale: torch.Tensor | float | None,
-                 v_scale: torch.Tensor | float | None) -> None:
-    n, hk, d = k.shape
-    if n == 0:
+                 v_scale: torch.Tensor | float | None, memo: dict) -> None:
+    """Launch the cache write; ``memo`` keeps the launch of the write's signature (the run
+    path's, one per shape and cache layout)."""
+    if k.shape[0] == 0:
         return
-    dv = v.shape[-1]
     if k_cache.dtype in FP8_DTYPES and interpreting():
         # triton 3.9's interpreter drops the rounding carry in fp32 -> fp8 (1.96 -> 1.0):
         # quantise with torch there; the compiled kernel converts in-register.
@@ -67,15 +67,29 @@ def run_kv_write(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cach
     has_scale = k_scale is not None or v_scale is not None
     ks = _scale_tensor(k_scale, k.device) if has_scale else slot_mapping
     vs = _scale_tensor(v_scale, k.device) if has_scale else slot_mapping
-    _KV_WRITE(
-        (n, hk, 1), None, (k, v, k_cache, v_cache, slot_mapping, ks, vs),
-        (*k.stride(), *v.stride(), *k_cache.stride(), *v_cache.stride()),
-        (k_cache.shape[0] * k_cache.shape[1],), (), _NO_STATIC,
-        dict(PAGE_SIZE=k_cache.shape[1], HEAD_DIM=d, HEAD_DIM_V=dv,
-             BLOCK_D=triton.next_power_of_2(d), BLOCK_DV=triton.next_power_of_2(dv),
-             HAS_SCALE=has_scale,
-             FP8_MAX=torch.finfo(k_cache.dtype).max if k_cache.dtype in FP8_DTYPES else 0.0),
-        dict(num_warps=1))
+    tensors = (k, v, k_cache, v_cache, slot_mapping, ks, vs)
+    launch = memo.get("kv write")
+    if launch is None:
+        launch = memo["kv write"] = _launch(tensors, has_scale)
+    launch(tensors)
+
+
+def _launch(tensors: tuple[torch.Tensor, ...], has_scale: bool) -> Launch:
+    """The write's launch, everything but the tensors fixed: grid, strides, constexprs."""
+    k, v, k_cache, v_cache = tensors[:4]
+    n, hk, d = k.shape
+    dv = v.shape[-1]
+    constexprs = dict(
+        PAGE_SIZE=k_cache.shape[1], HEAD_DIM=d, HEAD_DIM_V=dv,
+        BLOCK_D=triton.next_power_of_2(d), BLOCK_DV=triton.next_power_of_2(dv),
+        HAS_SCALE=has_scale,
+        FP8_MAX=torch.finfo(k_cache.dtype).max if k_cache.dtype in FP8_DTYPES else 0.0)
+    options = dict(num_warps=1)
+    key = LaunchKey(tuple(t.dtype for t in tensors), tuple(constexprs.values()),
+                    tuple(options.values()))
+    return Launch(_KV_WRITE, (n, hk, 1), key,
+                  (*k.stride(), *v.stride(), *k_cache.stride(), *v_cache.stride()),
+                  (k_cache.shape[0] * k_cache.shape[1],), (), _NO_STATIC, constexprs, options)
 
 
 _KV_WRITE = BoundKernel(_kv_write_kernel)
