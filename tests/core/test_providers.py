@@ -87,7 +87,7 @@ def fake_fa3(monkeypatch, request):
     src = fa3.Source(f"fake {request.param}", needs_hopper=False,
                      **{request.param: getattr(fake, request.param)})
     monkeypatch.setattr(fa3, "source", lambda: src)
-    monkeypatch.setattr(fa4, "source", lambda: None)  # FA4's routing: test_fa4_provider.py
+    monkeypatch.setattr(fa4, "source", lambda: None)  # FA4's routing: test_fa4_selection.py
     monkeypatch.delenv("ANYATTN_KERNELS", raising=False)
     return fake
 
