@@ -146,3 +146,15 @@ def test_launch_hooks_see_the_tensors(compiled, monkeypatch):
     assert binary.runs[-1][6:9] == ("metadata", enter, leave)
     assert binary.metadata_args[-1][:2] == tensors
     assert binary.metadata_args[-1][2:] == (1, 16, 7, 0.5, *static.args, 22, 11)
+
+
+@pytest.mark.parametrize("hooks", ["enter", "exit"])
+def test_metadata_is_built_when_either_hook_is_set(compiled, monkeypatch, hooks):
+    """Triton hands its launch metadata to enter and exit hooks alike."""
+    fn, kernel = compiled
+    static = launch.Static((torch.zeros(4, dtype=torch.int32), 5))
+    _launch(kernel, _tensors(), static)
+    hook = lambda metadata: None  # noqa: E731
+    monkeypatch.setattr(triton.knobs.runtime, f"launch_{hooks}_hook", hook)
+    _launch(kernel, _tensors(), static)
+    assert fn.compiled[0][3].runs[-1][6] == "metadata"

@@ -44,6 +44,11 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def _idle(hook: Any) -> bool:
+    """No launch hook: none set, or an empty chain (newer Tritons keep a chain of hooks)."""
+    return hook is None or getattr(hook, "calls", None) == []
+
+
 def _free_key(free: Sequence[int]) -> bool:
     return not free or (min(free) >= _I32[0] and max(free) <= _I32[1])
 
@@ -146,12 +151,12 @@ class Launch:
             self._found[local] = binary
         stream = driver.get_current_stream(device)
         hooks = triton.knobs.runtime
-        enter = hooks.launch_enter_hook
+        enter, leave = hooks.launch_enter_hook, hooks.launch_exit_hook
         grid = self.grid
-        idle = enter is None or getattr(enter, "calls", None) == []  # none, or an empty chain
-        meta = None if idle else binary.launch_metadata(grid, stream, *self._args(tensors))
+        meta = (None if _idle(enter) and _idle(leave)
+                else binary.launch_metadata(grid, stream, *self._args(tensors)))
         binary.run(grid[0], grid[1], grid[2], stream, binary.function, binary.packed_metadata,
-                   meta, enter, hooks.launch_exit_hook, *ptrs, *self._tail)
+                   meta, enter, leave, *ptrs, *self._tail)
 
     def _args(self, tensors: Sequence[torch.Tensor]) -> tuple:
         """The kernel's arguments as Triton takes them (tensors, not addresses)."""
