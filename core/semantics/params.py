@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class AttnParams:
             if getattr(self, name) < -1:
                 raise ValueError(f"{name}: expected an int >= -1 (-1 = unbounded), got "
                                  f"{getattr(self, name)}")
-        object.__setattr__(self, "_hash", hash(astuple(self)))
+        object.__setattr__(self, "_hash", hash(tuple(self.__dict__.values())))  # the fields
 
     def __hash__(self) -> int:
         """Hashed once: every call's signature key holds its layer's params."""
