@@ -35,7 +35,6 @@ from typing import Any, Hashable, Sequence
 
 import torch
 import triton
-from triton.runtime.interpreter import InterpretedFunction
 
 _I32 = (-2 ** 31, 2 ** 31 - 1)
 
@@ -90,9 +89,10 @@ class BoundKernel:
     def __init__(self, fn: triton.runtime.JITFunction) -> None:
         self.fn = fn
         self.binaries: dict[tuple, Any] = {}
-        # TRITON_INTERPRET=1 at import made @triton.jit return the interpreter's function;
-        # every launch of it goes through Triton
-        self.interpreted = isinstance(fn, InterpretedFunction)
+        # TRITON_INTERPRET=1 at import made @triton.jit return the interpreter's function, which
+        # has no parameter list (checked by duck type: Triton imports its interpreter, and
+        # numpy with it, only when interpreting); every launch of it goes through Triton
+        self.interpreted = not hasattr(fn, "params")
 
     @functools.cached_property
     def constexpr_names(self) -> tuple[str, ...]:
