@@ -152,6 +152,33 @@ def test_split_merge_rearms_between_calls(splits, for_graphs):
     assert torch.equal(again_lse, first_lse)
 
 
+@pytest.mark.parametrize("splits", [1, 3])
+def test_calls_of_one_signature_read_their_own_tensors(splits):
+    """A plan prepares each call signature's launch once (shapes, strides, dtypes, params);
+    every later call with that signature must still read and write its own tensors: fresh
+    queries, caches and outputs per call (as an engine's layers pass them), an output view
+    with other strides (a new signature), and no ``out`` (allocated per call)."""
+    dtype = DTYPES[-1]
+    params = AttnParams(softmax_scale=0.125)
+    q_lens, k_lens = [1, 3, 2], [70, 19, 300]
+    b = paged_batch(q_lens, k_lens, hq=4, hk=2, d=64, dtype=dtype, device=DEVICE, seed=4,
+                    num_splits=splits)
+    plan = b.plan
+    wide = torch.full((sum(q_lens), 4, 2 * 64), math.nan, dtype=dtype, device=DEVICE)
+    outs = [torch.full_like(b.q, math.nan) for _ in range(3)] + [wide[..., 64:], None]
+    gen = torch.Generator().manual_seed(5)
+    for out in outs:  # fresh tensors of one layout per call (the caches' empty slots stay NaN)
+        q, k_cache, v_cache = (t + torch.randn(t.shape, generator=gen).to(t)
+                               for t in (b.q, b.k_cache, b.v_cache))
+        got, got_lse = core.attention(q, k_cache, v_cache, plan, params, out=out,
+                                      return_lse=True)
+        ref, ref_lse = reference_attention(q, k_cache, v_cache, plan, params)
+        assert_matches(got, got_lse, ref, ref_lse, dtype)
+        if out is not None:
+            assert got.data_ptr() == out.data_ptr()
+    assert wide[..., :64].isnan().all()  # the strided view's neighbours are untouched
+
+
 def test_deterministic_output_independent_of_batch():
     """A sequence's rows are bitwise identical whatever else is in the batch."""
     dtype = DTYPES[-1]
