@@ -52,3 +52,28 @@ def test_kv_write_fp8_with_scale(representable):
                        k_scale=torch.tensor([0.5], device=DEVICE), v_scale=0.5)
     assert torch.equal(k_cache.cpu().float(), ek.float())
     assert torch.equal(v_cache.cpu().float(), ev.float())
+
+
+@pytest.mark.parametrize("layout", ["nhd", "vllm"])
+def test_writes_of_one_signature_use_their_own_tensors(layout):
+    """A write signature's checks and launch are prepared once; each later write with it
+    must still store its own keys at its own slots, into the cache it is given (an engine's
+    layers each have their own cache of one layout)."""
+    gen = torch.Generator().manual_seed(3)
+    pages, page_size, hk, d = 5, 4, 2, 16
+    caches = []
+    for _ in range(2):
+        if layout == "vllm":
+            kv = torch.randn(pages, hk, page_size, 2 * d, generator=gen).to(DEVICE)
+            caches.append((kv[..., :d].transpose(1, 2), kv[..., d:].transpose(1, 2)))
+        else:
+            caches.append(tuple(torch.randn(pages, page_size, hk, d, generator=gen).to(DEVICE)
+                                for _ in range(2)))
+    for step in range(4):
+        k_cache, v_cache = caches[step % 2]
+        k, v = (torch.randn(3, hk, d, generator=gen).to(DEVICE) for _ in range(2))
+        slots = torch.randperm(pages * page_size, generator=gen)[:3].to(DEVICE)
+        slots[step % 3] = -1
+        ek, ev = _expected(k.cpu(), v.cpu(), k_cache.cpu(), v_cache.cpu(), slots.cpu())
+        core.write_kv_cache(k, v, k_cache, v_cache, slots)
+        assert torch.equal(k_cache.cpu(), ek) and torch.equal(v_cache.cpu(), ev)
