@@ -65,12 +65,18 @@ def anyattn_call(choice: str, q: torch.Tensor, k_cache: torch.Tensor, v_cache: t
 def provider_that_runs(run) -> str:
     """Call ``run`` (one anyattn call) once and name the provider that computed it: a plan's
     schedule holds a chain of providers, and the call's features pick one of them."""
+    return captured_call(run)[0].name
+
+
+def captured_call(run):
+    """Call ``run`` (one anyattn call) once: ``(provider, call, schedule)`` of the provider
+    run it made (the call checked and routed, as the provider got it)."""
     from anyattn.core.providers import PROVIDERS
 
-    ran: list[str] = []
+    ran: list[tuple] = []
 
     def recording(provider):
-        return lambda call, sched: ran.append(provider.name) or type(provider).run(
+        return lambda call, sched: ran.append((provider, call, sched)) or type(provider).run(
             provider, call, sched)
 
     for provider in PROVIDERS:

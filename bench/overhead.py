@@ -28,7 +28,7 @@ import torch
 
 from anyattn.core.semantics.params import AttnParams
 
-from common import anyattn_call, emit, graphed, markdown, paged_cache
+from common import anyattn_call, captured_call, emit, graphed, markdown, paged_cache
 from peers import FA3, VLLM_UNIFIED, fa3_call, fa3_or_skip, vllm_unified_call, vllm_unified_or_skip
 
 HQ, HK, D, PAGE = 32, 8, 128, 16
@@ -132,17 +132,6 @@ class _Spy:
         return self.fn(*args)
 
 
-def _captured_call(run, provider):
-    """The checked, routed ``Call`` and schedule ``provider`` gets from one ``run()``."""
-    spy = _Spy(type(provider).run)
-    provider.run = lambda call, sched: spy(provider, call, sched)
-    try:
-        run()
-    finally:
-        del provider.run
-    return spy.args[1], spy.args[2]
-
-
 def _nop_launch():
     """A one-argument Triton kernel's compiled launch (the floor of any launch)."""
     import triton
@@ -165,7 +154,6 @@ def layers(rows: list[dict], fa) -> None:
     compiled kernel's launcher as it gets them (every pointer an int) and as Triton's own launch
     passes them (tensors: Triton asks the driver about each), and a one-argument kernel's
     launch. q_len 64 on FA3: the whole call, the provider's run, FA3 with the same arguments."""
-    from anyattn.core.providers import FA3, TRITON
     from anyattn.core.providers.triton.attention import _MEMO_KEY
 
     batch, seq = 8, 1024
@@ -175,7 +163,7 @@ def layers(rows: list[dict], fa) -> None:
     out = torch.empty_like(q)
     run, _, _ = anyattn_call("triton", q, k_cache, v_cache, [1] * batch, [seq] * batch,
                              table, params, out)
-    call, sched = _captured_call(run, TRITON)
+    provider, call, sched = captured_call(run)
     prepared = call.memo[_MEMO_KEY]
     launch, spy = prepared.launch, _Spy(prepared.launch)
     prepared.launch = spy
@@ -189,7 +177,7 @@ def layers(rows: list[dict], fa) -> None:
     layouts = (call.plan.seqused_k,) * 6
     steps = {
         "core.attention (whole call)": run,
-        "provider.run (checked, routed)": lambda: type(TRITON).run(TRITON, call, sched),
+        "provider.run (checked, routed)": lambda: type(provider).run(provider, call, sched),
         "signature's launch (arguments fixed)": lambda: prepared(call, out, None, layouts),
         "Launch (given the tensors)": lambda: launch(tensors),
         "compiled launcher, pointers as ints": lambda: binary.run(*head, *pointers,
@@ -204,16 +192,16 @@ def layers(rows: list[dict], fa) -> None:
         return
     q = torch.randn(batch * 64, HQ, D, device="cuda", dtype=torch.bfloat16)
     out = torch.empty_like(q)
-    run, provider, _ = anyattn_call("auto", q, k_cache, v_cache, [64] * batch, [seq] * batch,
-                                    table, params, out)
-    if provider != "fa3":
+    run, name, _ = anyattn_call("auto", q, k_cache, v_cache, [64] * batch, [seq] * batch,
+                                table, params, out)
+    if name != "fa3":
         return
-    call, sched = _captured_call(run, FA3)
+    provider, call, sched = captured_call(run)
     kwargs = call.memo["fa3 kwargs"]
     varlen = fa.flash_attn_varlen_func
     steps = {
         "core.attention (whole call)": run,
-        "provider.run (checked, routed)": lambda: type(FA3).run(FA3, call, sched),
+        "provider.run (checked, routed)": lambda: type(provider).run(provider, call, sched),
         "FA3 with the call's arguments": lambda: varlen(q, k_cache, v_cache, out=out,
                                                         s_aux=None, **kwargs),
     }
