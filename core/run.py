@@ -60,11 +60,8 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pla
     masked = attn_mask is not None or attn_bias is not None
     known = None  # calls with masks (their layouts vary per call) are checked and routed each time
     if not masked:  # the signature of the arguments as given: views and expansions follow from it
-        key = (params, return_lse, _meta(q), _meta(k_cache), _meta(v_cache),
-               out if out is None else _meta(out), sinks if sinks is None else _meta(sinks),
-               k_descale if k_descale is None else _meta(k_descale),
-               v_descale if v_descale is None else _meta(v_descale),
-               alibi_slopes if alibi_slopes is None else _meta(alibi_slopes))
+        key = (params, return_lse, _meta(q), _meta(k_cache), _meta(v_cache), _meta(out),
+               _meta(sinks), _meta(k_descale), _meta(v_descale), _meta(alibi_slopes))
         calls = plan._memo.setdefault("calls", {})
         known = calls.get(key)
     if known is None or known.views:
@@ -107,9 +104,11 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pla
 
 
 def _meta(t: torch.Tensor | None) -> tuple | type | None:
+    if t is None:
+        return None
     if isinstance(t, torch.Tensor):
         return t.shape, t.stride(), t.dtype, t.device
-    return None if t is None else type(t)  # not a tensor: the checks refuse it
+    return type(t)  # not a tensor: the checks refuse it (or, for scales, check its value)
 
 
 class _Known:
