@@ -18,7 +18,7 @@ from ...semantics import checks
 from ...semantics.masks import MaskSpec
 from ..base import Call
 from .key_term import key_term, shared_key_side, term_start
-from .launch import BoundKernel, Launch, LaunchKey, Static, interpreting
+from .launch import BoundKernel, Launch, LaunchKey, Static
 from .merge import merge_splits
 
 if TYPE_CHECKING:
@@ -572,7 +572,7 @@ def _constexprs(call: Call, tile: dict, key_shared: MaskSpec | None, key_heads: 
         HAS_SINKS=call.sinks is not None, HAS_K_DESCALE=call.k_descale is not None,
         HAS_V_DESCALE=call.v_descale is not None,
         WRITE_LSE=call.want_lse or plan.num_splits > 1, WANT_LSE=call.want_lse,
-        UPCAST=interpreting() and q.dtype == torch.bfloat16,
+        UPCAST=_ATTN_FWD.interpreted and q.dtype == torch.bfloat16,
         MASK_LAYOUT=int(mask.layout) if mask else 0, MASK_HEADS=mask.heads if mask else 1,
         BIAS_LAYOUT=int(bias.layout) if bias else 0, BIAS_HEADS=bias.heads if bias else 1,
         SKIP_MASKED_TILES=mask is not None,  # per-row layouts only: worth skipping tiles

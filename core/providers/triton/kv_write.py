@@ -7,7 +7,7 @@ import triton.language as tl
 
 from ...semantics.checks import FP8_DTYPES
 from ...semantics.reference import quantize
-from .launch import BoundKernel, Launch, LaunchKey, Static, interpreting
+from .launch import BoundKernel, Launch, LaunchKey, Static
 
 
 @triton.jit(do_not_specialize=["num_slots"])
@@ -59,7 +59,7 @@ def run_kv_write(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cach
     path's, one per shape and cache layout)."""
     if k.shape[0] == 0:
         return
-    if k_cache.dtype in FP8_DTYPES and interpreting():
+    if k_cache.dtype in FP8_DTYPES and _KV_WRITE.interpreted:
         # triton 3.9's interpreter drops the rounding carry in fp32 -> fp8 (1.96 -> 1.0):
         # quantise with torch there; the compiled kernel converts in-register.
         k, v = quantize(k, k_scale, k_cache.dtype), quantize(v, v_scale, v_cache.dtype)

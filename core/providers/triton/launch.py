@@ -30,17 +30,12 @@ group order (tensors first), then the constexprs. A kernel defined under ``TRITO
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any, Hashable, Sequence
 
 import torch
 import triton
 
 _I32 = (-2 ** 31, 2 ** 31 - 1)
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _idle(hook: Any) -> bool:
