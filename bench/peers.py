@@ -146,23 +146,31 @@ def fa4_or_skip(bench: str):
 def fa4_call(src, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
              table: torch.Tensor, q_lens: list[int], k_lens: list[int], scale: float,
              out: torch.Tensor, *, spans: tuple[torch.Tensor, torch.Tensor] | None = None,
-             alibi_slopes: torch.Tensor | None = None) -> Callable[[], None]:
+             alibi_slopes: torch.Tensor | None = None,
+             slopes_in_aux: bool = False) -> Callable[[], None]:
     """A no-argument causal FA4 call writing ``out``: plain, with the plan's ``spans``
     (``span_table``'s pair) through anyattn's spans ``mask_mod``, or with ALiBi through its
-    ``score_mod``; one compile per variant, made here."""
+    ``score_mod`` (the slopes compiled in, without pack-GQA, as anyattn's provider calls it;
+    ``slopes_in_aux``: read from the tensor per score instead); one compile per variant, made
+    here."""
     from anyattn.core.providers.fa4 import AlibiScore, SpanMask
 
     dev = q.device
     cu_q = torch.zeros(len(q_lens) + 1, dtype=torch.int32, device=dev)
     cu_q[1:] = torch.tensor(q_lens, device=dev).cumsum(0)
     seqused_k = torch.tensor(k_lens, dtype=torch.int32, device=dev)
-    aux, causal, mask_mod, score_mod = [], True, None, None
+    aux, causal, mask_mod, score_mod, pack_gqa = [], True, None, None, None
     if spans is not None:  # the mask_mod carries causality: FA4 drops its own flag under one
         aux += list(spans)
         causal, mask_mod = False, src.mask_mod(SpanMask(0, None, False, spans[0].shape[1]))
-    if alibi_slopes is not None:
+    if alibi_slopes is not None and slopes_in_aux:
         aux.append(alibi_slopes.float())
         score_mod = src.score_mod(AlibiScore(0.0, slopes_at=len(aux) - 1))
+    elif alibi_slopes is not None:
+        values = tuple(alibi_slopes.float().tolist())
+        score_mod = src.score_mod(AlibiScore(0.0, slopes_at=0, slopes=values,
+                                             keys_behind=causal))
+        pack_gqa = False
 
     def run() -> None:
         src.forward(q, k_cache, v_cache, cu_seqlens_q=cu_q, max_seqlen_q=max(q_lens),
@@ -170,6 +178,6 @@ def fa4_call(src, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                     softmax_scale=scale, causal=causal, window_size_left=None,
                     window_size_right=None, softcap=0.0, learnable_sink=None, num_splits=1,
                     score_mod=score_mod, mask_mod=mask_mod, aux_tensors=aux or None,
-                    return_lse=False, out=out)
+                    return_lse=False, out=out, pack_gqa=pack_gqa)
     run()
     return run

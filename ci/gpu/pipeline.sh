@@ -45,7 +45,7 @@ print('torch', torch.__version__, 'triton', triton.__version__, 'vllm', vllm.__v
     profile) (cd bench && python3 overhead.py --profile) ;;
     e2e) python3 ci/gpu/throughput.py "$R/throughput.jsonl" ;;
     fa4) (export PYTHONPATH=/tmp/fa4site:/tmp/fa4site/nvidia_cutlass_dsl/dsl_packages
-          python3 -m pytest -q -rs tests/gpu/test_fa4_provider.py tests/core/test_fa4_selection.py
+          python3 -m pytest -q -rs -n 4 tests/gpu/test_fa4_provider.py tests/core/test_fa4_selection.py
           cd bench && python3 spans_alibi.py) ;;
     e2e_full) python3 ci/gpu/throughput.py "$R/throughput.jsonl" --backends FLASH_ATTN:FULL ;;
     sglang_env) nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv

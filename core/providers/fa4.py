@@ -17,9 +17,14 @@ set, when tests/gpu/test_fa4_provider.py has passed on a GPU (it has not yet):
 
 - **ALiBi**: a ``score_mod`` (:class:`AlibiScore`) adding ``-slope[h] * |p - j|`` with ``p`` the
   bottom-right aligned query position (``q_idx + seqlen_k - seqlen_q``; FA4 passes per-sequence
-  ``q_idx``/``kv_idx``), the slopes an aux tensor. FA4 refuses ``softcap`` beside a
-  ``score_mod``, so the modifier applies the soft-cap itself first (anyattn's order). Causal and
-  window stay FA4's own flags, so FA4 still skips the key blocks they hide.
+  ``q_idx``/``kv_idx``; causal calls drop the ``abs``). The slopes are read to the host once per
+  slopes tensor (:func:`host_slopes`) and compiled into the modifier, run without pack-GQA so
+  a CTA's tile has one slope: with no aux tensor FA4 scores two lanes at a time and skips the
+  per-score index wrap it does before aux loads. A tensor first seen inside a CUDA-graph
+  capture (no host read there) is read in the kernel instead, as an aux tensor. FA4 refuses
+  ``softcap`` beside a ``score_mod``, so the modifier applies the soft-cap itself first
+  (anyattn's order). Causal and window stay FA4's own flags, so FA4 still skips the key blocks
+  they hide.
 - **Bidirectional spans**, alone or with a window (and ``spans_in_window``): a ``mask_mod``
   (:class:`SpanMask`) reading the plan's ``spans``/``span_counts`` as aux tensors. Under a
   ``mask_mod`` FA4 drops its causal and window flags, so the modifier computes
@@ -58,6 +63,7 @@ sequence's end must hold finite values (engines' caches are zeroed).
 from __future__ import annotations
 
 import functools
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -77,11 +83,15 @@ MAX_HEAD_DIM_BY_ARCH = {9: 256, 10: 128, 11: 128}
 
 @dataclass(frozen=True)
 class AlibiScore:
-    """The ALiBi ``score_mod``: soft-cap (``softcap > 0``) then ``-slope[h] * |p - j|``, the
-    slopes (float32 ``[Hq]``) at ``aux_tensors[slopes_at]``."""
+    """The ALiBi ``score_mod``: soft-cap (``softcap > 0``) then ``-slope[h] * |p - j|``. The
+    slopes are ``slopes`` (one per query head, compiled into the kernel) or, when None, the
+    float32 ``[Hq]`` tensor at ``aux_tensors[slopes_at]``. ``keys_behind``: every key the
+    call sees lies at or before its query (causal, no span), so ``|p - j| = p - j``."""
 
     softcap: float
     slopes_at: int
+    slopes: tuple[float, ...] | None = None
+    keys_behind: bool = False
 
 
 @dataclass(frozen=True)
@@ -167,6 +177,10 @@ def _aligned(t: torch.Tensor) -> bool:
 # kernel anyattn calls is tested there against the reference for every feature routed to it
 # before users get it); until then FA4 runs only where it is asked for, ANYATTN_KERNELS=fa4.
 ROUTED_UNDER_AUTO = False
+# Plans with spans stay on Triton under ``auto``: FA4 visits every key block under the span
+# ``mask_mod`` (H200, 4x4K / 1x16K, one 1,024-token span per request: FA4 240 / 246 TFLOP/s,
+# Triton 344 / 418) until block-sparsity tables built with the plan let it skip them.
+SPANS_UNDER_AUTO = False
 
 
 class FA4Provider(Provider):
@@ -183,6 +197,8 @@ class FA4Provider(Provider):
     def slower(self, w: Workload, plan: AttnPlan) -> str | None:
         if not ROUTED_UNDER_AUTO:
             return "not yet verified on a GPU (ANYATTN_KERNELS=fa4 opts in)"
+        if plan.spans is not None and not SPANS_UNDER_AUTO:
+            return "spans: slower than Triton until the span mask skips blocks"
         # FA3's measured threshold, not measured for FA4 yet (FA4 runs unsplit here).
         return few_rows_slower(w, plan)
 
@@ -223,15 +239,56 @@ class Variant:
     softcap: float
     score_mod: Callable | None
     mask_mod: Callable | None
+    baked_slopes: bool = False  # ALiBi slopes compiled into score_mod (not an aux tensor)
 
     @property
     def reads_spans(self) -> bool:
         return self.mask_mod is not None
 
+    @property
+    def pack_gqa(self) -> bool | None:
+        """False with baked slopes (one query head per CTA, so a tile's slope is uniform);
+        None leaves it to FA4."""
+        return False if self.baked_slopes else None
 
-def variant(src: Source, call: Call) -> Variant:
+
+_HOST_SLOPES: dict[int, tuple[weakref.ref, int | None, tuple[float, ...]]] = {}
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """``t``'s in-place version counter (None for an inference-mode tensor, which has none)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
+
+
+def _capturing(t: torch.Tensor) -> bool:
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+def host_slopes(slopes: torch.Tensor) -> tuple[float, ...] | None:
+    """The values of an ALiBi slopes tensor, read to the host once per tensor (one sync, the
+    first time FA4 sees it) and kept while it lives and is not written in place; None while a
+    CUDA graph is being captured and the tensor has not been read yet (the call then reads
+    the slopes in the kernel, from an aux tensor). Engines build their slopes once per layer,
+    so serving reads each layer's once."""
+    hit = _HOST_SLOPES.get(id(slopes))
+    if hit is not None and hit[0]() is slopes and hit[1] == _version(slopes):
+        return hit[2]
+    if _capturing(slopes):
+        return None
+    values = tuple(float(x) for x in slopes.tolist())
+    key = id(slopes)
+    _HOST_SLOPES[key] = (weakref.ref(slopes, lambda _: _HOST_SLOPES.pop(key, None)),
+                         _version(slopes), values)
+    return values
+
+
+def variant(src: Source, call: Call, slopes: tuple[float, ...] | None = None) -> Variant:
     """The FA4 variant of ``call`` (static per plan and layer kind: causal, window, soft-cap,
-    ALiBi or not, spans or not, the span table's width)."""
+    ALiBi or not, spans or not, the span table's width). ``slopes``: the ALiBi slopes' values
+    (:func:`host_slopes`) to compile in; None reads them from the tensor in the kernel."""
     params, plan = call.params, call.plan
     causal = params.causal
     left = params.window_left if params.window_left >= 0 else None
@@ -245,16 +302,20 @@ def variant(src: Source, call: Call) -> Variant:
         causal, left, right = False, None, None  # the mask_mod computes them
     score_mod, softcap = None, params.softcap
     if call.alibi_slopes is not None:
-        score_mod = src.score_mod(AlibiScore(softcap, slopes_at=2 if mask_mod else 0))
+        keys_behind = causal and not right  # FA4's own causal flag: no key after its query
+        score_mod = src.score_mod(AlibiScore(softcap, slopes_at=2 if mask_mod else 0,
+                                             slopes=slopes, keys_behind=keys_behind))
         softcap = 0.0  # applied by the score_mod (FA4 takes one or the other)
-    return Variant(causal, left, right, softcap, score_mod, mask_mod)
+    return Variant(causal, left, right, softcap, score_mod, mask_mod,
+                   baked_slopes=score_mod is not None and slopes is not None)
 
 
 def _variant(src: Source, call: Call, memo: dict) -> Variant:
-    key = ("fa4", call.params, call.alibi_slopes is not None, call.spans)
+    slopes = None if call.alibi_slopes is None else host_slopes(call.alibi_slopes)
+    key = ("fa4", call.params, call.alibi_slopes is not None, slopes, call.spans)
     found = memo.get(key)
     if found is None:
-        found = memo[key] = variant(src, call)
+        found = memo[key] = variant(src, call, slopes)
     return found
 
 
@@ -265,7 +326,7 @@ def run_fa4(call: Call, memo: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
     src, plan = source(), call.plan
     v = _variant(src, call, memo)
     aux = [plan.spans, plan.span_counts] if v.reads_spans else []
-    if call.alibi_slopes is not None:
+    if call.alibi_slopes is not None and not v.baked_slopes:
         aux.append(call.alibi_slopes)
     if plan.paged:
         keys = dict(page_table=plan.page_table, seqused_k=plan.seqused_k)
@@ -278,7 +339,7 @@ def run_fa4(call: Call, memo: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
                       window_size_left=v.window_left, window_size_right=v.window_right,
                       softcap=v.softcap, learnable_sink=call.sinks, num_splits=1,
                       score_mod=v.score_mod, mask_mod=v.mask_mod, aux_tensors=aux or None,
-                      return_lse=call.want_lse, out=call.out, **keys)
+                      return_lse=call.want_lse, out=call.out, pack_gqa=v.pack_gqa, **keys)
     return res[0], (res[1] if call.want_lse else None)
 
 

@@ -35,20 +35,38 @@ def _lane(value, dtype):
     return vec.load()
 
 
+def _per_head(values: tuple[float, ...], head_idx, like):
+    """``values[head_idx]`` for compile-time ``values``: a ``where`` chain over the heads. A
+    variant with baked slopes runs without pack-GQA, so ``head_idx`` is one query head per
+    CTA and the chain is uniform across its tile, not a per-score lookup."""
+    picked = cute.full_like(like, values[0])
+    for h in range(1, len(values)):
+        picked = cute.where(operator.eq(head_idx, cute.full_like(head_idx, h)),
+                            cute.full_like(like, values[h]), picked)
+    return picked
+
+
 @functools.cache
 def alibi_score_mod(spec: AlibiScore) -> Callable:
     """Soft-cap, then ``-slope[h] * |p - j|`` with ``p = q_idx + seqlen_k - seqlen_q`` (the
-    query's bottom-right aligned position, FlashAttention-2's ALiBi)."""
-    softcap, slopes_at = spec.softcap, spec.slopes_at
+    query's bottom-right aligned position, FlashAttention-2's ALiBi). ``spec.slopes`` baked in
+    (no aux tensor: FA4 then scores two lanes at a time and skips its per-score index wrap)
+    or read from ``aux_tensors[slopes_at]``; ``keys_behind``: ``p - j`` needs no ``abs``."""
+    softcap, slopes_at, slopes, keys_behind = (spec.softcap, spec.slopes_at, spec.slopes,
+                                               spec.keys_behind)
 
     @cute.jit
     def alibi(score, batch_idx, head_idx, q_idx, kv_idx, seqlen_info, aux_tensors):
         if cutlass.const_expr(softcap > 0):
             score = cute.math.tanh(score * (1.0 / softcap), fastmath=True) * softcap
-        slope = _lane(aux_tensors[slopes_at][head_idx[0]], Float32)
+        if cutlass.const_expr(slopes is not None):
+            slope = _per_head(slopes, head_idx, score)
+        else:
+            slope = _lane(aux_tensors[slopes_at][head_idx[0]], Float32)
         dist = (q_idx + (seqlen_info.seqlen_k - seqlen_info.seqlen_q) - kv_idx).to(Float32)
-        zero = cute.full_like(dist, 0.0)
-        dist = cute.where(operator.lt(dist, zero), zero - dist, dist)
+        if cutlass.const_expr(not keys_behind):
+            zero = cute.full_like(dist, 0.0)
+            dist = cute.where(operator.lt(dist, zero), zero - dist, dist)
         return score - slope * dist
 
     return alibi

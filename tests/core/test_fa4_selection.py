@@ -39,7 +39,14 @@ def _twin_score_mod(spec: fa4.AlibiScore):
         if spec.softcap > 0:
             score = spec.softcap * torch.tanh(score / spec.softcap)
         p = q_idx + seqlen_info.seqlen_k - seqlen_info.seqlen_q
-        return score - aux_tensors[spec.slopes_at].double()[h] * (p - kv_idx).abs()
+        if spec.slopes is not None:
+            slope = torch.tensor(spec.slopes, dtype=torch.float64, device=score.device)[h]
+        else:
+            slope = aux_tensors[spec.slopes_at].double()[h]
+        dist = p - kv_idx
+        # no abs under keys_behind, as the real modifier: wrong for a key after its query, so
+        # a spec that promises keys_behind where the call sees such keys fails the reference
+        return score - slope * (dist if spec.keys_behind else dist.abs())
     return alibi
 
 
@@ -71,7 +78,7 @@ class FakeFA4:
     each builder was asked for."""
 
     def __init__(self, sink_dtypes=(torch.bfloat16,)):
-        self.calls, self.built = [], []
+        self.calls, self.built, self.aux = [], [], []
         self.source = fa4.Source("fake fa4", self.forward, self.score_mod, self.mask_mod,
                                  sink_dtypes, needs_gpu=False)
 
@@ -85,7 +92,7 @@ class FakeFA4:
 
     def forward(self, q, k, v, *, cu_seqlens_q, max_seqlen_q, max_seqlen_k, softmax_scale,
                 causal, window_size_left, window_size_right, softcap, learnable_sink,
-                num_splits, score_mod, mask_mod, aux_tensors, return_lse, out,
+                num_splits, score_mod, mask_mod, aux_tensors, return_lse, out, pack_gqa,
                 page_table=None, cu_seqlens_k=None, seqused_k=None):
         assert num_splits == 1 and (page_table is None) != (cu_seqlens_k is None)
         assert score_mod is None or not softcap, "FA4: softcap and score_mod are exclusive"
@@ -95,10 +102,13 @@ class FakeFA4:
         assert all(w is None or w >= 0 for w in (window_size_left, window_size_right))
         assert q.dtype == k.dtype == v.dtype and all(t.stride(-1) == 1 for t in (q, k, v))
         assert learnable_sink is None or learnable_sink.dtype in self.source.sink_dtypes
-        assert (aux_tensors is None) == (score_mod is None and mask_mod is None)
+        assert aux_tensors is None or len(aux_tensors) > 0
+        assert mask_mod is None or aux_tensors is not None, "the span mask reads the table"
+        assert pack_gqa in (None, False)
         if page_table is not None:
             assert page_table.dtype == torch.int32 and page_table.stride(-1) == 1
         self.calls.append((score_mod, mask_mod))
+        self.aux.append(aux_tensors)
         total_q, hq, _ = q.shape
         hk, dv = v.shape[-2], v.shape[-1]
         o = torch.zeros(total_q, hq, dv, dtype=torch.float64, device=q.device)
@@ -165,6 +175,7 @@ def fake_fa4(monkeypatch):
     fake = FakeFA4()
     monkeypatch.setattr(fa4, "source", lambda: fake.source)
     monkeypatch.setattr(fa4, "ROUTED_UNDER_AUTO", True)
+    monkeypatch.setattr(fa4, "SPANS_UNDER_AUTO", True)
     return fake
 
 
@@ -403,6 +414,50 @@ def test_variant_is_built_once_per_plan(fake_fa4):
     assert len({id(m) for call in fake_fa4.calls for m in call}) == 2
 
 
+def test_alibi_slopes_are_compiled_in_and_reread_when_they_change(fake_fa4):
+    """The slopes' values go into the score_mod (no aux tensor, no pack-GQA); a tensor written
+    in place, or another tensor with other values, gets its own variant (a stale one would
+    score with the old slopes and fail the reference)."""
+    b = _batch(Q_LENS, K_LENS, seed=17)
+    slopes = _slopes()
+    _check(b, P, alibi_slopes=slopes)
+    spec = fake_fa4.built[-1]
+    assert spec.slopes == tuple(slopes.tolist()) and spec.keys_behind
+    assert fake_fa4.aux[-1] is None
+    slopes.mul_(3.0)
+    _check(b, P, alibi_slopes=slopes)
+    assert fake_fa4.built[-1].slopes == tuple(slopes.tolist())
+    other = torch.rand(HQ, device=DEV)
+    _check(b, P, alibi_slopes=other)
+    assert fake_fa4.built[-1].slopes == tuple(other.tolist())
+    with torch.inference_mode():  # no version counter: read once, kept while it lives
+        frozen = torch.rand(HQ, device=DEV)
+        _check(b, P, alibi_slopes=frozen)
+        assert fake_fa4.built[-1].slopes == tuple(frozen.tolist())
+
+
+def test_host_slopes_reads_each_tensor_once(monkeypatch):
+    reads = []
+    original = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: reads.append(1) or original(t))
+    slopes = _slopes()
+    assert fa4.host_slopes(slopes) == fa4.host_slopes(slopes) == tuple(original(slopes))
+    assert len(reads) == 1
+    key = id(slopes)
+    del slopes
+    assert key not in fa4._HOST_SLOPES  # dropped with its tensor
+
+
+def test_slopes_first_seen_in_a_capture_are_read_in_the_kernel(fake_fa4, monkeypatch):
+    """No host read while a CUDA graph is captured: the score_mod reads the aux tensor."""
+    monkeypatch.setattr(fa4, "_capturing", lambda t: True)
+    b = _batch(Q_LENS, K_LENS, seed=18)
+    slopes = torch.rand(HQ, device=DEV)
+    _check(b, P, alibi_slopes=slopes)
+    spec = fake_fa4.built[-1]
+    assert spec.slopes is None and fake_fa4.aux[-1][spec.slopes_at] is slopes
+
+
 def test_graph_plan_with_spans_on_fa4(fake_fa4):
     """CUDA-graph storage: the span table is refilled in place (stale rows past a sequence's
     span count stay in the storage), the variant made once."""
@@ -439,3 +494,20 @@ def test_auto_leaves_fa4_out_until_verified_on_a_gpu(fake_fa4, kernel_calls, mon
     ref, _ = reference_attention(b.q, b.k_cache, b.v_cache, b.plan, P, alibi_slopes=slopes)
     torch.testing.assert_close(got.float(), ref.float(), atol=1e-2, rtol=1e-2)
     assert fake_fa4.calls, "ANYATTN_KERNELS=fa4: the call ran on FA4"
+
+
+def test_auto_keeps_span_plans_on_triton_while_fa4_is_slower_there(fake_fa4, monkeypatch):
+    """Until FA4 skips the blocks a span mask hides, ``auto`` leaves plans with spans to
+    Triton; ALiBi still goes to FA4, and ANYATTN_KERNELS=fa4 still runs spans there."""
+    monkeypatch.setattr(fa4, "SPANS_UNDER_AUTO", False)
+    b = _batch(Q_LENS, K_LENS, seed=19, spans=SPANS)
+    _check(b, P)
+    assert _chain(b) == ["triton"] and not fake_fa4.calls
+    assert "spans: slower than Triton" in next(iter(b.plan.schedules.values())).reason
+    b = _batch(Q_LENS, K_LENS, seed=19)
+    _check(b, P, alibi_slopes=_slopes())
+    assert _chain(b) == ["fa4", "triton"] and len(fake_fa4.calls) == 1
+    monkeypatch.setenv("ANYATTN_KERNELS", "fa4")
+    b = _batch(Q_LENS, K_LENS, seed=19, spans=SPANS)
+    _check(b, P)
+    assert _chain(b) == ["fa4", "triton"] and len(fake_fa4.calls) == 2

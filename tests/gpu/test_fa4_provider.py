@@ -94,7 +94,11 @@ def test_fa4_matches_reference(monkeypatch, fa4_calls, seed):
     if c["spans"] is not None:
         table, counts = span_table(c["spans"], "cuda", k_lens=c["k_lens"])
         b.plan = dataclasses.replace(b.plan, spans=table, span_counts=counts)
-    kw = dict(alibi_slopes=slopes(c["hq"])) if c["alibi"] else {}
+    kw = {}
+    if c["alibi"]:  # the paper's slopes, or any positive ones (both are compiled in)
+        kw["alibi_slopes"] = (slopes(c["hq"]) if seed % 4 else
+                              torch.rand(c["hq"], device="cuda", generator=torch.Generator(
+                                  device="cuda").manual_seed(seed)))
     if c["sinks"]:
         kw["sinks"] = torch.randn(c["hq"], device="cuda").bfloat16()
     out = torch.full((b.q.shape[0], c["hq"], c["d"]), math.nan, dtype=c["dtype"], device="cuda")
@@ -105,6 +109,22 @@ def test_fa4_matches_reference(monkeypatch, fa4_calls, seed):
         assert fa4_calls, "FA4 did not run a call routed to it"
     assert got is out
     assert_matches_reference(got, lse, ref, ref_lse, TOL[c["dtype"]])
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_alibi_slopes_read_in_the_kernel(monkeypatch, fa4_calls, causal):
+    """Slopes first seen inside a CUDA-graph capture are not read to the host: the score_mod
+    reads them from the aux tensor (FA4's generic path) with the same results."""
+    monkeypatch.setenv("ANYATTN_KERNELS", "fa4")
+    monkeypatch.setattr(fa4, "_capturing", lambda t: True)
+    params = AttnParams(softmax_scale=128 ** -0.5, causal=causal)
+    b = paged_batch([70, 1, 0, 300], [200, 40, 9, 300], hq=16, hk=4, d=128, page_size=16,
+                    dtype=torch.bfloat16, device="cuda", seed=3, poison=1e4)
+    kw = dict(alibi_slopes=torch.rand(16, device="cuda"))
+    got, lse = core.attention(b.q, b.k_cache, b.v_cache, b.plan, params, return_lse=True, **kw)
+    ref, ref_lse = reference_attention(b.q, b.k_cache, b.v_cache, b.plan, params, **kw)
+    assert fa4_calls
+    assert_matches_reference(got, lse, ref, ref_lse, TOL[torch.bfloat16])
 
 
 @pytest.mark.parametrize("spans", [False, True])
@@ -172,6 +192,7 @@ def test_auto_choice_replays_bitwise_in_graphs(monkeypatch, fa4_calls, feature):
     (Run with FA4 routed under ``auto``, as this file's passing on the H200 will let it be.)"""
     monkeypatch.delenv("ANYATTN_KERNELS", raising=False)
     monkeypatch.setattr(fa4, "ROUTED_UNDER_AUTO", True)
+    monkeypatch.setattr(fa4, "SPANS_UNDER_AUTO", True)
     q_len, bs = 64, 8
     gen = torch.Generator(device="cuda").manual_seed(len(feature))
     k_cache = torch.randn(NUM_PAGES, PAGE, HK, D, generator=gen, device="cuda").bfloat16()
