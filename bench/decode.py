@@ -5,7 +5,9 @@ GQA 32/8, head dim 128, bf16, page 16 in random order; one query per sequence (o
 ``triton`` (its split-KV kernel); peers on the same paged cache: FlashAttention-3 (vLLM's
 ``vllm_flash_attn``) and vLLM's Triton unified attention (split-KV below its batch threshold,
 as in vLLM); cuDNN SDPA and torch flash on dense tensors.
-Usage: python bench/decode.py [--shapes 64x4096,...] [--q-len 1] [--graph]
+``--splits 8,16,...`` also times anyattn's Triton kernel at those key-split counts (a sweep
+for the split policy, ``core/plan/schedule.py``'s ``choose_num_splits``).
+Usage: python bench/decode.py [--shapes 64x4096,...] [--q-len 1] [--graph] [--splits 8,16]
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ def main() -> None:
     ap.add_argument("--shapes", default="64x4096,128x8192,16x32768,1x131072")
     ap.add_argument("--q-len", type=int, default=1)
     ap.add_argument("--graph", action="store_true", help="time every impl as CUDA-graph replays")
+    ap.add_argument("--splits", default="", help="key-split counts to sweep on anyattn triton")
     args = ap.parse_args()
     wrap = graphed if args.graph else (lambda fn: fn)
     mode = " [graph]" if args.graph else ""
@@ -51,11 +54,14 @@ def main() -> None:
         params = AttnParams(softmax_scale=D ** -0.5)
         out = torch.empty_like(q)
         row = dict(bench=tag + mode, shape=shape)
-        for choice, name in ANYATTN_IMPLS.items():
+        runs = [(choice, name, None) for choice, name in ANYATTN_IMPLS.items()]
+        runs += [("triton", f"{ANYATTN_IMPLS['triton']}, {n} splits", int(n))
+                 for n in args.splits.split(",") if n]
+        for choice, name, splits in runs:
             # Replays run what an engine's CUDA-graph plans run (GraphPlans: for_graphs).
             run, provider, plan = anyattn_call(choice, q, k_cache, v_cache, [ql] * batch,
                                                [seq] * batch, table, params, out,
-                                               for_graphs=args.graph)
+                                               for_graphs=args.graph, num_splits=splits)
             emit_timed(rows, lambda: wrap(run), "tbps", kv_bytes, **row, impl=name,
                        splits=plan.num_splits, provider=provider)
         if fa is not None:

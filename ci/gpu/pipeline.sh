@@ -7,6 +7,7 @@
 #   bench   bench/run_all.sh (kernels: anyattn auto / triton vs FA3, vLLM Triton, cuDNN)
 #   speed   bench/overhead.py, a decode subset and prefill.py (host cost and speed, same peers)
 #   profile bench/overhead.py --profile (where an eager call's host time goes, cProfile)
+#   splits  bench/decode.py --splits: small-batch decode at forced key-split counts vs cuDNN
 #   e2e     ci/gpu/throughput.py (Llama-3-8B-shaped, anyattn vs FLASH_ATTN vs TRITON_ATTN)
 #   fa4     with the FlashAttention-4 site (/tmp/fa4site, device.sh stash_fa4) alone on the path:
 #           tests/gpu/test_fa4_provider.py (FA4 vs the reference, CUDA graphs) and
@@ -43,6 +44,8 @@ print('torch', torch.__version__, 'triton', triton.__version__, 'vllm', vllm.__v
     speed) (cd bench && python3 overhead.py && python3 decode.py --graph \
               --shapes 1x4096,8x4096,64x4096,16x32768 && python3 prefill.py --no-flex) ;;
     profile) (cd bench && python3 overhead.py --profile) ;;
+    splits) (cd bench && python3 decode.py --graph --shapes 1x1024,1x4096,8x4096,16x4096 \
+              --splits 4,8,16,32,64) ;;
     e2e) python3 ci/gpu/throughput.py "$R/throughput.jsonl" ;;
     fa4) (export PYTHONPATH=/tmp/fa4site:/tmp/fa4site/nvidia_cutlass_dsl/dsl_packages
           python3 -m pytest -q -rs -n 4 tests/gpu/test_fa4_provider.py tests/core/test_fa4_selection.py
