@@ -43,13 +43,25 @@ CASES = {
                                                     window_right=7), False, 1, False, 128, 16, 4,
                                          True),
     "alibi spans sinks": (AttnParams(softmax_scale=0.1), True, 2, True, 128, 16, 4, True),
+    "alibi slopes in kernel": (AttnParams(softmax_scale=0.1), True, 0, False, 128, 16, 4, True),
+    "alibi spans slopes in kernel": (AttnParams(softmax_scale=0.1), True, 2, False, 128, 16, 4,
+                                     True),
 }
+# ALiBi cases compile the slopes in (read to the host first, as fa4.host_slopes does on a
+# GPU); these read them from an aux tensor, as a call first seen in a CUDA-graph capture does.
+IN_KERNEL = {"alibi slopes in kernel", "alibi spans slopes in kernel"}
 
 
-def call_for(params, alibi, spans, sinks, d, page, group, paged) -> Call:
-    """A fake-tensor call on the CUDA device (inside FakeTensorMode)."""
-    dev, hk = torch.device("cuda"), 8 // min(group, 8)
-    hq = hk * group
+def heads(group: int) -> tuple[int, int]:
+    hk = 8 // min(group, 8)
+    return hk * group, hk
+
+
+def call_for(params, alibi, spans, sinks, d, page, group, paged, slopes=None) -> Call:
+    """A fake-tensor call on the CUDA device (inside FakeTensorMode); ``slopes``: real ALiBi
+    slopes already read to the host (else, with ``alibi``, a fake tensor read in the kernel)."""
+    dev = torch.device("cuda")
+    hq, hk = heads(group)
     i32 = dict(dtype=torch.int32, device=dev)
     q = torch.empty(TOTAL_Q, hq, d, dtype=torch.bfloat16, device=dev)
     cu_q, used = torch.empty(B + 1, **i32), torch.empty(B, **i32)
@@ -64,7 +76,8 @@ def call_for(params, alibi, spans, sinks, d, page, group, paged) -> Call:
                       spans=table, **keys)
     return Call(q, k, torch.empty_like(k), plan, params, torch.empty_like(q), True,
                 sinks=torch.empty(hq, dtype=torch.bfloat16, device=dev) if sinks else None,
-                alibi_slopes=torch.empty(hq, dtype=torch.float32, device=dev) if alibi else None,
+                alibi_slopes=slopes if slopes is not None else (
+                    torch.empty(hq, dtype=torch.float32, device=dev) if alibi else None),
                 spans=bool(spans) and params.use_spans)
 
 
@@ -74,11 +87,18 @@ def main(names: list[str]) -> int:
         print(f"FA4: {fa4.unavailable(torch.device('cpu'))}")
         return 1
     cache = src.forward.compile_cache.cache
-    failed = 0
+    capturing, failed = fa4._capturing, 0
     for name in names or CASES:
+        case, in_kernel = CASES[name], name in IN_KERNEL
+        slopes = None
+        if case[1] and not in_kernel:  # host values, cached by fa4.host_slopes (no op later)
+            hq = heads(case[6])[0]
+            slopes = 2.0 ** (-8.0 * torch.arange(1, hq + 1) / hq)
+            fa4.host_slopes(slopes)
+        fa4._capturing = (lambda t: True) if in_kernel else capturing
         try:
             with FakeTensorMode():
-                call = call_for(*CASES[name])
+                call = call_for(*case, slopes=slopes)
                 memo: dict = {}
                 start, before = time.time(), len(cache)
                 fa4.run_fa4(call, memo)
