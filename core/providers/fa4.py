@@ -256,11 +256,9 @@ _HOST_SLOPES: dict[int, tuple[weakref.ref, int | None, tuple[float, ...]]] = {}
 
 
 def _version(t: torch.Tensor) -> int | None:
-    """``t``'s in-place version counter (None for an inference-mode tensor, which has none)."""
-    try:
-        return t._version
-    except RuntimeError:
-        return None
+    """``t``'s in-place version counter (None for an inference-mode tensor, which has none:
+    asked first, since reading ``_version`` there raises, and this runs on every FA4 call)."""
+    return None if t.is_inference() else t._version
 
 
 def _capturing(t: torch.Tensor) -> bool:
